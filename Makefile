@@ -1,0 +1,26 @@
+# Thin targets: each is one script or command. `make demo` and `make test` set everything up themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv demo test lint bench services-start services-stop
+
+venv:
+	scripts/setup_venv.sh
+
+demo: venv
+	scripts/demo.sh
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check sera_ops dags plugins tests bench scripts
+
+bench: venv
+	$(PY) bench/run_all.py
+
+services-start:
+	scripts/services.sh start
+
+services-stop:
+	scripts/services.sh stop

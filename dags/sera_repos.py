@@ -1,0 +1,140 @@
+"""One DAG per repository file in config/repos/ (dag_id `sera__<name>`). Wiring only: each task is one call into
+sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent and safe to retry or clear.
+
+    select_commits ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
+        ─► per batch: rollout_one ─► synthesize ─► rollout_two ─► verify ─► assemble
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task, task_group
+
+from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos
+
+log = logging.getLogger(__name__)
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _context(platform: PlatformConfig, spec: RepoSpec):
+    from sera_airflow import connection_secret
+
+    from sera_ops.pipeline import RunContext, RunParams
+
+    context = get_current_context()
+    return RunContext.create(platform, spec, context["run_id"], RunParams.from_dict(context["params"]),
+                             connection_lookup=connection_secret)
+
+
+def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:
+    return {
+        "commits": Param([], type="array", items={"type": "string", "pattern": r"^[\w./-]{1,200}$"},
+                         description="Commits (hashes, tags or branches) to use instead of the configured selection."),
+        "max_functions": Param(None, type=["null", "integer"], minimum=1,
+                               description=f"Start functions to sample (configured: {spec.fns_per_repo})."),
+        "model_server": Param(spec.model_server, type="string", enum=sorted(platform.model_servers),
+                              description="Teacher model server for all rollouts and LLM calls."),
+        "threshold": Param(spec.verify.threshold, type="number", minimum=0, maximum=1,
+                           description="Soft-verification threshold: 1 hard, 0<t<1 soft, 0 none."),
+    }
+
+
+def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
+    from sera_ops import pipeline
+
+    default_args = {"owner": spec.owner, "retries": platform.defaults.retries,
+                    "retry_delay": timedelta(seconds=platform.defaults.retry_delay_s)}
+
+    @dag(dag_id=spec.dag_id, schedule=spec.schedule, start_date=START, catchup=False, max_active_runs=1,
+         default_args=default_args, params=_params(platform, spec),
+         tags=sorted({*platform.defaults.tags, *spec.tags, "repo"}),
+         description=spec.description or f"SERA data generation for {spec.source}",
+         doc_md=f"SERA pipeline for **{spec.name}** (`{spec.source}`), configured in `{spec.source_file}`.")
+    def repo_dag():
+        @task
+        def select_commits() -> list[str]:
+            return pipeline.select_commits(_context(platform, spec))
+
+        @task_group
+        def per_commit(commit: str):
+            @task
+            def build_image(commit: str) -> str:
+                pipeline.build_image(_context(platform, spec), commit)
+                return commit
+
+            @task
+            def inventory(commit: str) -> dict:
+                return pipeline.inventory(_context(platform, spec), commit)
+
+            return inventory(build_image(commit))
+
+        @task(trigger_rule="all_done")
+        def sample_instances(_: object) -> int:
+            return pipeline.sample(_context(platform, spec))
+
+        @task
+        def make_batches(_: int) -> list[str]:
+            return pipeline.make_batches(_context(platform, spec))
+
+        @task_group
+        def per_batch(batch_id: str):
+            @task
+            def rollout_one(batch_id: str) -> str:
+                pipeline.rollout_one(_context(platform, spec), batch_id)
+                return batch_id
+
+            @task
+            def synthesize(batch_id: str) -> str:
+                pipeline.synthesize(_context(platform, spec), batch_id)
+                return batch_id
+
+            @task
+            def rollout_two(batch_id: str) -> str:
+                pipeline.rollout_two(_context(platform, spec), batch_id)
+                return batch_id
+
+            @task
+            def verify(batch_id: str) -> dict:
+                return pipeline.verify_batch(_context(platform, spec), batch_id)
+
+            return verify(rollout_two(synthesize(rollout_one(batch_id))))
+
+        @task(trigger_rule="all_done")
+        def assemble(_: object) -> dict:
+            stats = pipeline.assemble(_context(platform, spec))
+            return {key: stats[key] for key in ("instances", "judged_good", "verified", "records", "dataset_dir")}
+
+        batches = make_batches(sample_instances(per_commit.expand(commit=select_commits())))
+        assemble(per_batch.expand(batch_id=batches))
+
+    return repo_dag()
+
+
+def build_config_error_dag(error: ConfigError, platform: PlatformConfig):
+    """A visible stand-in for a repository file that does not validate: its one task fails with the error."""
+    name = error.file.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.lower())
+
+    @dag(dag_id=f"sera__{safe}", schedule=None, start_date=START, catchup=False,
+         default_args={"owner": platform.defaults.owner, "retries": 0},
+         tags=sorted({*platform.defaults.tags, "config-error"}),
+         description=f"CONFIG ERROR: {error}", doc_md=f"**This repository file does not validate.**\n\n`{error}`")
+    def broken_repo_dag():
+        @task
+        def config_error() -> None:
+            raise error
+
+        config_error()
+
+    return broken_repo_dag()
+
+
+_platform = load_platform()
+_specs, _errors = load_repos(_platform)
+for _spec in _specs:
+    build_repo_dag(_platform, _spec)
+for _error in _errors:
+    log.error("repository config rejected: %s", _error)
+    build_config_error_dag(_error, _platform)

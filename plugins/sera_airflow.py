@@ -1,0 +1,46 @@
+"""Airflow adapters for sera_ops: secrets from Airflow connections, and the plugin registration.
+
+sera_ops never imports Airflow; it takes a `connection_lookup(conn_id) -> secret | None` callable, and this module is
+the Airflow implementation of it (a connection's password field holds the secret: a model server's API key, a
+registry password, a GitHub token). Connections can come from the metadata DB, a secrets backend, or
+`AIRFLOW_CONN_<ID>` environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.plugins_manager import AirflowPlugin
+
+log = logging.getLogger(__name__)
+
+
+def connection_secret(conn_id: str) -> str | None:
+    """The password of Airflow connection `conn_id`, or None when no such connection exists."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(conn_id).password or None
+    except AirflowNotFoundException:
+        log.info("no Airflow connection '%s'; falling back to the environment variable, if configured", conn_id)
+        return None
+
+
+class SeraPlugin(AirflowPlugin):
+    name = "sera"
+
+
+def run_dag_locally(dag_id: str, conf: dict | None = None):
+    """Run one DAG in this process with `dag.test()` (no scheduler): used by `make demo` and the end-to-end tests.
+
+    Returns the finished DagRun. The DAG folder is parsed fresh, as the dag-processor would.
+    """
+    from airflow.configuration import conf as airflow_conf
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=airflow_conf.get("core", "dags_folder"))
+    if dag_id not in bag.dags:
+        known = ", ".join(sorted(bag.dags)) or "none"
+        raise KeyError(f"DAG '{dag_id}' not found (loaded: {known}; import errors: {bag.import_errors or 'none'})")
+    return bag.dags[dag_id].test(run_conf=conf or {})

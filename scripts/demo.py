@@ -1,0 +1,73 @@
+"""Run one repository's DAG end to end with the scripted teacher, then print what the dataset holds.
+
+Invoked by scripts/demo.sh (which sets AIRFLOW_HOME and friends before Airflow is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "plugins"))
+
+from sera_ops.config import load_platform  # noqa: E402
+from sera_ops.store import RunStore  # noqa: E402
+from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
+from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repo", default="tinyledger", help="repository config name (config/repos/<name>.yaml)")
+    parser.add_argument("--modes", default="full=0.75,partial=0.25",
+                        help="scripted teacher's rollout-two behaviour mix (full/partial/none weights)")
+    args = parser.parse_args()
+
+    work = ROOT / "var" / "demo"
+    with ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))) as teacher:
+        platform_file = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher.url)
+        os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
+        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                       capture_output=True)
+        from sera_airflow import run_dag_locally
+
+        started = time.monotonic()
+        run = run_dag_locally(f"sera__{args.repo}")
+        elapsed = time.monotonic() - started
+    platform = load_platform(platform_file)
+    dataset = RunStore(platform.storage_root, args.repo, run.run_id).dataset_dir
+    stats = json.loads((dataset / "stats.json").read_text())
+    print(summary(stats, run.state, elapsed))
+    print(f"dataset: {dataset}")
+    return 0 if str(run.state) == "success" else 1
+
+
+def _weights(text: str) -> dict[str, float]:
+    return {name: float(weight) for name, weight in (item.split("=") for item in text.split(","))}
+
+
+def summary(stats: dict, state: object, elapsed: float) -> str:
+    rows = [
+        ("DAG run", f"{state} in {elapsed:.0f} s"),
+        ("commits", f"{stats['commits']['ready']} ready of {stats['commits']['selected']} selected"),
+        ("functions", stats["functions"]),
+        ("instances", stats["instances"]),
+        ("rollout one", f"{stats['rollout_one']} episodes ({stats['rollout_one_attempts']} attempts), "
+                        f"{stats['judged_good']} judged good"),
+        ("synthetic PRs", stats["synthetic_prs"]),
+        ("rollout two", f"{stats['rollout_two']} episodes, {stats['verified']} verified "
+                        f"(threshold {stats['threshold']}, mean recall {stats['mean_recall']})"),
+        ("records", f"t1.jsonl {stats['records']['t1']}, t2.jsonl {stats['records']['t2']} ({stats['format']})"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on the embedded default — bundled sample repository, scripted teacher on loopback,
+# a Docker engine + registry when they can be started here (else the local sandbox), SQLite Airflow home in var/.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+started_services=0
+if scripts/services.sh status >/dev/null 2>&1; then
+  echo "[demo] using the running Docker engine and registry"
+elif [ "$(id -u)" = 0 ] && scripts/services.sh start; then
+  started_services=1
+else
+  echo "[demo] no Docker engine could be started: rollouts will run in the LOCAL sandbox (see README)"
+fi
+cleanup() { if [ "$started_services" = 1 ]; then scripts/services.sh stop || true; fi; }
+trap cleanup EXIT
+if scripts/services.sh status >/dev/null 2>&1; then eval "$(scripts/services.sh env)"; fi
+export AIRFLOW_HOME="$ROOT/var/airflow"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export MSWEA_GLOBAL_CONFIG_DIR="$ROOT/var/mini-swe-agent" MSWEA_SILENT_STARTUP=1 MSWEA_CONFIGURED=true
+.venv/bin/python scripts/demo.py "$@"

@@ -1,0 +1,425 @@
+"""The SERA stages as idempotent steps over the run store; the DAG calls each one from a task, `sera run` in a loop.
+
+Every step reads its inputs from and writes its outputs to the store, and skips work whose output already exists, so
+Airflow retries and cleared tasks replace SERA's manual stage resumes. Instance-level failures are written next to the
+instance (`<stage>.error.json`) and never stop the other instances; a batch step fails only when fewer than
+`batching.min_success_fraction` of its instances got through, so that Airflow retries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sera_ops import functions, images, prompts, sources, synth
+from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, resolve_secret
+from sera_ops.postprocess import trajectory_to_record
+from sera_ops.rollouts import Rollout, run_episode
+from sera_ops.store import RunStore, atomic_write_jsonl, read_json
+from sera_ops.teachers import TeacherClient
+from sera_ops.verify import verify
+
+log = logging.getLogger(__name__)
+
+
+class BatchFailed(RuntimeError):
+    """Too few instances of a batch got through a stage; Airflow retries the task, which redoes only the failures."""
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """Per-run overrides (DAG params / REST conf / CLI flags); None means "as configured"."""
+
+    commits: list[str] = field(default_factory=list)
+    max_functions: int | None = None
+    model_server: str | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RunParams:
+        data = data or {}
+        return cls(commits=list(data.get("commits") or []), max_functions=data.get("max_functions") or None,
+                   model_server=data.get("model_server") or None, threshold=data.get("threshold"))
+
+
+@dataclass
+class RunContext:
+    platform: PlatformConfig
+    spec: RepoSpec
+    store: RunStore
+    params: RunParams = field(default_factory=RunParams)
+    connection_lookup: SecretLookup | None = None
+
+    @classmethod
+    def create(cls, platform: PlatformConfig, spec: RepoSpec, run_id: str, params: RunParams | None = None,
+               connection_lookup: SecretLookup | None = None) -> RunContext:
+        params = params or RunParams()
+        if params.model_server:
+            platform.server(params.model_server)  # fail fast, naming the configured servers
+        return cls(platform, spec, RunStore(platform.storage_root, spec.name, run_id), params, connection_lookup)
+
+    @property
+    def server_name(self) -> str:
+        return self.params.model_server or self.spec.model_server or self.platform.defaults.model_server
+
+    @property
+    def server(self) -> ModelServer:
+        return self.platform.server(self.server_name)
+
+    @property
+    def threshold(self) -> float:
+        return self.spec.verify.threshold if self.params.threshold is None else self.params.threshold
+
+    @property
+    def function_limit(self) -> int:
+        return self.params.max_functions or self.spec.fns_per_repo
+
+    def api_key(self) -> str | None:
+        return resolve_secret(self.server.api_key, self.connection_lookup)
+
+    def registry_password(self) -> str | None:
+        return resolve_secret(self.platform.registry.credentials, self.connection_lookup)
+
+    def secrets(self) -> list[str]:
+        """Every secret this run can see, for redaction of anything it writes."""
+        values = [resolve_secret(server.api_key, self.connection_lookup)
+                  for server in self.platform.model_servers.values()]
+        values.append(self.registry_password())
+        return [value for value in values if value]
+
+
+# ---------------------------------------------------------------- commits, images, inventory, instances
+
+
+def select_commits(ctx: RunContext) -> list[str]:
+    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+    chosen = sources.select_commits(repo_path, ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
+                                    ctx.spec.lookback_days)
+    ctx.store.write_json(ctx.store.path("commits.json"), {"source": ctx.spec.source, "commits": chosen})
+    ctx.store.write_json(ctx.store.path("manifest.json"), {
+        "repo": ctx.spec.name, "run_id": ctx.store.run_id, "params": asdict(ctx.params),
+        "model_server": ctx.server_name, "threshold": ctx.threshold,
+        "repo_config": ctx.spec.model_dump(mode="json"), "repo_config_file": str(ctx.spec.source_file)})
+    log.info("repo %s: %d commits selected: %s", ctx.spec.name, len(chosen), ", ".join(c[:12] for c in chosen))
+    return chosen
+
+
+def _snapshot(ctx: RunContext, commit: str) -> sources.RepoSnapshot:
+    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+    return sources.snapshot(repo_path, commit, ctx.store.snapshot_dir(commit), ctx.spec.name)
+
+
+def build_image(ctx: RunContext, commit: str) -> dict:
+    """The commit's image (docker) or local sandbox, recorded in images/<commit>.json."""
+    snap = _snapshot(ctx, commit)
+    mode = ctx.platform.images.sandbox
+    client = images.docker_client() if mode in ("auto", "docker") else None
+    if client is None and mode == "docker":
+        raise images.ImageBuildError("images.sandbox is 'docker' but no Docker engine answers; start one (see "
+                                     "scripts/services.sh) and set DOCKER_HOST, or set images.sandbox to 'auto'")
+    if client is None:
+        ref = images.local_sandbox(ctx.spec.name, commit, Path(snap.workdir))
+    else:
+        ref = images.build_commit_image(client, repo=ctx.spec.name, commit=commit, snapshot_dir=Path(snap.workdir),
+                                        install_cmds=ctx.spec.install_cmds, images=ctx.platform.images,
+                                        registry=ctx.platform.registry, registry_password=ctx.registry_password(),
+                                        python_version=ctx.spec.python_version)
+    ctx.store.write_json(ctx.store.path("images", f"{commit}.json"), ref.to_dict())
+    return ref.to_dict()
+
+
+def inventory(ctx: RunContext, commit: str) -> dict:
+    """The commit's function inventory, cached per commit across runs."""
+    cache = ctx.store.inventory_path(commit)
+    if cache.exists():
+        try:
+            found, _ = functions.inventory_from_json(read_json(cache))
+            return {"commit": commit, "functions": len(found), "cached": True}
+        except functions.InventoryError:
+            log.info("inventory cache %s is outdated; recomputing", cache)
+    workdir = Path(_snapshot(ctx, commit).workdir)
+    folders = functions.detect_code_folders(workdir, ctx.spec.name, ctx.spec.top_level_folder)
+    found = functions.list_functions(workdir, folders, ctx.spec.max_folder_depth)
+    ctx.store.write_json(cache, functions.inventory_to_json(found, functions.call_edges(workdir, found)))
+    log.info("repo %s commit %s: %d functions in %s", ctx.spec.name, commit[:12], len(found), ", ".join(folders))
+    return {"commit": commit, "functions": len(found), "cached": False}
+
+
+def ready_commits(ctx: RunContext) -> tuple[list[str], list[str]]:
+    """Commits whose image and inventory both exist, and the ones that failed (in selection order)."""
+    chosen = ctx.store.read_json(ctx.store.path("commits.json"), {"commits": []})["commits"]
+    ready = [c for c in chosen if ctx.store.path("images", f"{c}.json").exists() and
+             ctx.store.inventory_path(c).exists()]
+    return ready, [c for c in chosen if c not in ready]
+
+
+def sample(ctx: RunContext) -> int:
+    ready, failed = ready_commits(ctx)
+    if failed:
+        log.warning("repo %s: skipping %d commit(s) without image or inventory: %s", ctx.spec.name, len(failed),
+                    ", ".join(c[:12] for c in failed))
+    if not ready:
+        raise RuntimeError(f"repo {ctx.spec.name}: no commit has both an image and a function inventory; see the "
+                           "failed build_image/inventory tasks")
+    by_commit = {c: functions.inventory_from_json(read_json(ctx.store.inventory_path(c)))[0] for c in ready}
+    chosen = functions.sample_instances(ctx.spec.name, by_commit, ctx.function_limit, ctx.spec.insts_per_fn,
+                                        ctx.spec.seed)
+    ctx.store.write_json(ctx.store.path("instances.json"), [i.to_dict() for i in chosen])
+    return len(chosen)
+
+
+def make_batches(ctx: RunContext) -> list[str]:
+    ids = [i["instance_id"] for i in ctx.store.read_json(ctx.store.path("instances.json"), [])]
+    size = ctx.spec.batching.batch_size
+    batches = {f"b{n:04d}": ids[start:start + size] for n, start in enumerate(range(0, len(ids), size))}
+    ctx.store.write_json(ctx.store.path("batches.json"), batches)
+    return list(batches)
+
+
+# ---------------------------------------------------------------- per-batch stages
+
+
+def _instances(ctx: RunContext, batch_id: str) -> list[functions.Instance]:
+    wanted = set(ctx.store.read_json(ctx.store.path("batches.json"), {}).get(batch_id, []))
+    records = ctx.store.read_json(ctx.store.path("instances.json"), [])
+    return [functions.Instance.from_dict(r) for r in records if r["instance_id"] in wanted]
+
+
+def _image(ctx: RunContext, commit: str) -> images.ImageRef:
+    return images.ImageRef.from_dict(read_json(ctx.store.path("images", f"{commit}.json")))
+
+
+def _for_each(ctx: RunContext, batch_id: str, stage: str, output: str,
+              eligible: Callable[[functions.Instance], bool], work: Callable[[functions.Instance], None]) -> dict:
+    """Run `work` on the batch's eligible instances whose `output` file is missing, concurrently (the model server's
+    concurrency), recording each failure next to its instance instead of raising."""
+    todo, done = [], 0
+    for instance in _instances(ctx, batch_id):
+        if not eligible(instance):
+            continue
+        if ctx.store.instance_file(instance.instance_id, output).exists():
+            done += 1
+        else:
+            todo.append(instance)
+
+    def attempt(instance: functions.Instance) -> str | None:
+        error_file = ctx.store.instance_file(instance.instance_id, f"{stage}.error.json")
+        try:
+            work(instance)
+        except Exception as exc:
+            log.exception("instance %s: %s failed", instance.instance_id, stage)
+            message = f"{type(exc).__name__}: {exc}"
+            ctx.store.write_json(error_file, {"stage": stage, "error": message, "time": time.time()})
+            return message
+        error_file.unlink(missing_ok=True)
+        return None
+
+    with ThreadPoolExecutor(max_workers=ctx.server.concurrency, thread_name_prefix=f"{stage}-") as pool:
+        errors = [e for e in pool.map(attempt, todo) if e]
+    total = done + len(todo)
+    finished = total - len(errors)
+    summary = {"batch": batch_id, "stage": stage, "eligible": total, "already_done": done,
+               "ran": len(todo), "failed": len(errors)}
+    log.info("batch %s %s: %s", batch_id, stage, summary)
+    if total and finished / total < ctx.spec.batching.min_success_fraction:
+        raise BatchFailed(f"batch {batch_id} {stage}: only {finished}/{total} instances finished (need "
+                          f"{ctx.spec.batching.min_success_fraction:.0%}); first error: {errors[0]}")
+    return summary
+
+
+def _always(_: functions.Instance) -> bool:
+    return True
+
+
+def rollout_one(ctx: RunContext, batch_id: str) -> dict:
+    """SERA's rollout one: an agent on a vague report around the start function, judged; up to max_attempts tries,
+    each with another rollout-one template, until the judge calls the patch good."""
+    client = TeacherClient(ctx.server, ctx.api_key())
+    secrets = ctx.secrets()
+    settings = ctx.spec.rollout
+
+    def work(instance: functions.Instance) -> None:
+        attempts = []
+        for attempt in range(settings.max_attempts):
+            template = synth.pick(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template", attempt)
+            task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
+            traj_path = ctx.store.instance_file(instance.instance_id, f"rollout1.a{attempt}.traj.json")
+            rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,
+                                  image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
+                                  settings=settings, trajectory_path=traj_path, secrets=secrets,
+                                  template_index=template)
+            judgement = synth.Judgement(is_good_patch=False, answer=None, calls=0)
+            if rollout.patch.strip():
+                steps = synth.agent_steps(read_json(traj_path), ctx.spec.synth.observation_chars)
+                judgement = synth.judge_patch(client, ctx.spec.synth, _first_user_message(traj_path), steps,
+                                              rollout.patch)
+            attempts.append({"rollout": rollout.to_dict(), "judgement": asdict(judgement)})
+            if judgement.is_good_patch:
+                break
+        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout1.json"), {
+            "final": attempts[-1]["rollout"], "is_good_patch": attempts[-1]["judgement"]["is_good_patch"],
+            "attempts": attempts, "judge_usage": client.usage.to_dict()})
+
+    return _for_each(ctx, batch_id, "rollout1", "rollout1.json", _always, work)
+
+
+def _first_user_message(traj_path: Path) -> str:
+    messages = read_json(traj_path).get("messages", [])
+    return next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+
+
+def _rollout_one_result(ctx: RunContext, instance_id: str) -> dict | None:
+    return ctx.store.read_json(ctx.store.instance_file(instance_id, "rollout1.json"))
+
+
+def synthesize(ctx: RunContext, batch_id: str) -> dict:
+    """The synthetic PR for every judged-good rollout one, in the style of a demonstration issue."""
+    client = TeacherClient(ctx.server, ctx.api_key())
+    pool = synth.demo_pool(ctx.spec.synth)
+
+    def eligible(instance: functions.Instance) -> bool:
+        result = _rollout_one_result(ctx, instance.instance_id)
+        return bool(result and result["is_good_patch"])
+
+    def work(instance: functions.Instance) -> None:
+        final = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
+        steps = synth.agent_steps(read_json(ctx.store.instance_file(instance.instance_id, final.trajectory_file)),
+                                  ctx.spec.synth.observation_chars)
+        result = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, final.patch, pool,
+                                          ctx.spec.seed)
+        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "synth.json"), result.to_dict())
+
+    return _for_each(ctx, batch_id, "synth", "synth.json", eligible, work)
+
+
+def rollout_two(ctx: RunContext, batch_id: str) -> dict:
+    """A fresh agent on the synthetic PR, from the same pristine image."""
+    secrets = ctx.secrets()
+
+    def eligible(instance: functions.Instance) -> bool:
+        result = ctx.store.read_json(ctx.store.instance_file(instance.instance_id, "synth.json"))
+        return bool(result and result["synth_pr"])
+
+    def work(instance: functions.Instance) -> None:
+        pr = read_json(ctx.store.instance_file(instance.instance_id, "synth.json"))["synth_pr"]
+        rollout = run_episode(instance_id=instance.instance_id, stage=2, attempt=0, task=pr,
+                              image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
+                              settings=ctx.spec.rollout,
+                              trajectory_path=ctx.store.instance_file(instance.instance_id, "rollout2.traj.json"),
+                              secrets=secrets)
+        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"), rollout.to_dict())
+
+    return _for_each(ctx, batch_id, "rollout2", "rollout2.json", eligible, work)
+
+
+def verify_batch(ctx: RunContext, batch_id: str) -> dict:
+    """Changed-line recall of rollout two's patch against rollout one's; cheap, so always recomputed (the
+    threshold may differ between runs)."""
+    verdicts = Counter()
+    for instance in _instances(ctx, batch_id):
+        two = ctx.store.read_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"))
+        if not two:
+            continue
+        one = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
+        verdict = verify(instance.instance_id, one.patch, two["patch"], ctx.threshold)
+        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "verdict.json"), verdict.to_dict())
+        verdicts["resolved" if verdict.resolved else "unresolved"] += 1
+    return {"batch": batch_id, "stage": "verify", **verdicts}
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def assemble(ctx: RunContext) -> dict:
+    """t1.jsonl (judged-good rollout one), t2.jsonl (verified rollout two), stats.json; duplicates of a rollout-one
+    patch are dropped (first instance id wins), output order is by instance id."""
+    instances = sorted(ctx.store.read_json(ctx.store.path("instances.json"), []), key=lambda r: r["instance_id"])
+    options = ctx.spec.postprocess
+    counts: Counter[str] = Counter()
+    tokens: Counter[str] = Counter()
+    seen_patches: set[str] = set()
+    t1, t2, recalls = [], [], []
+    for record in instances:
+        iid = record["instance_id"]
+        counts["instances"] += 1
+        counts.update(f"{stage}_errors" for stage in ("rollout1", "synth", "rollout2")
+                      if ctx.store.instance_file(iid, f"{stage}.error.json").exists())
+        one = _rollout_one_result(ctx, iid)
+        if not one:
+            continue
+        final = Rollout.from_dict(one["final"])
+        counts["rollout_one"] += 1
+        counts["rollout_one_attempts"] += len(one["attempts"])
+        counts["rollout_one_submitted"] += final.submitted
+        for attempt in one["attempts"]:
+            tokens["prompt"] += attempt["rollout"]["prompt_tokens"]
+            tokens["completion"] += attempt["rollout"]["completion_tokens"]
+        if not one["is_good_patch"]:
+            continue
+        counts["judged_good"] += 1
+        if final.patch in seen_patches:
+            counts["duplicate_patches"] += 1
+            continue
+        seen_patches.add(final.patch)
+        rec = trajectory_to_record(read_json(ctx.store.instance_file(iid, final.trajectory_file)), iid, options)
+        if rec:
+            t1.append(rec)
+        synthesis = ctx.store.read_json(ctx.store.instance_file(iid, "synth.json"))
+        counts["synthetic_prs"] += bool(synthesis and synthesis["synth_pr"])
+        two = ctx.store.read_json(ctx.store.instance_file(iid, "rollout2.json"))
+        if not two:
+            continue
+        counts["rollout_two"] += 1
+        counts["rollout_two_submitted"] += Rollout.from_dict(two).submitted
+        tokens["prompt"] += two["prompt_tokens"]
+        tokens["completion"] += two["completion_tokens"]
+        verdict = ctx.store.read_json(ctx.store.instance_file(iid, "verdict.json"))
+        if verdict is None:
+            continue
+        recalls.append(verdict["recall"])
+        if not verdict["resolved"]:
+            continue
+        counts["verified"] += 1
+        rec = trajectory_to_record(read_json(ctx.store.instance_file(iid, "rollout2.traj.json")), iid, options)
+        if rec:
+            t2.append(rec)
+    out = ctx.store.dataset_dir
+    ready, failed = ready_commits(ctx)
+    stats = {
+        "repo": ctx.spec.name, "run_id": ctx.store.run_id, "model_server": ctx.server_name,
+        "threshold": ctx.threshold, "format": options.format,
+        "commits": {"selected": len(ready) + len(failed), "ready": len(ready), "failed": failed},
+        "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c)))[0])
+                         for c in ready),
+        **{key: counts[key] for key in ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted",
+                                        "judged_good", "duplicate_patches", "synthetic_prs", "rollout_two",
+                                        "rollout_two_submitted", "verified", "rollout1_errors", "synth_errors",
+                                        "rollout2_errors")},
+        "mean_recall": round(sum(r for r in recalls if r is not None) / len(recalls), 4) if recalls else None,
+        "tokens": dict(tokens),
+        "records": {"t1": atomic_write_jsonl(out / "t1.jsonl", t1), "t2": atomic_write_jsonl(out / "t2.jsonl", t2)},
+        "dataset_dir": str(out),
+    }
+    ctx.store.write_json(out / "stats.json", stats)
+    return stats
+
+
+def run_all(ctx: RunContext) -> dict:
+    """The whole pipeline in one process, stage by stage (what the DAG does, without a scheduler)."""
+    for commit in select_commits(ctx):
+        try:
+            build_image(ctx, commit)
+            inventory(ctx, commit)
+        except Exception:
+            log.exception("repo %s commit %s failed; continuing with the others", ctx.spec.name, commit[:12])
+    sample(ctx)
+    for batch_id in make_batches(ctx):
+        for stage in (rollout_one, synthesize, rollout_two, verify_batch):
+            stage(ctx, batch_id)
+    return assemble(ctx)

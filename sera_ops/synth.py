@@ -1,0 +1,96 @@
+"""After rollout one: an LLM judge decides whether the patch fits the vague task, and an LLM writes the synthetic PR.
+
+Unlike SERA, the judge and writer see a compact list of steps (command + clipped output) plus the final patch instead
+of the raw trajectory JSON, so long episodes fit the context; they may use another model server than the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sera_ops import prompts
+from sera_ops.config import SynthSettings
+from sera_ops.teachers import TeacherClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    is_good_patch: bool
+    answer: str | None
+    calls: int
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    """The synthetic PR for one instance (what rollout two is asked to solve)."""
+
+    instance_id: str
+    synth_pr: str | None
+    demo_index: int
+    calls: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters elided ...]\n{text[-half:]}"
+
+
+def agent_steps(trajectory: dict, observation_chars: int) -> list[dict]:
+    """(command, output) pairs from a mini-swe-agent trajectory, in order, in tool-call or text mode."""
+    steps: list[dict] = []
+    pending: list[str] = []
+    for message in trajectory.get("messages", []):
+        role, extra = message.get("role"), message.get("extra") or {}
+        if role == "assistant":
+            pending = [action.get("command", "") for action in extra.get("actions", [])]
+        elif role in ("tool", "user") and pending and "raw_output" in extra:
+            steps.append({"action": pending.pop(0), "observation": clip(extra["raw_output"], observation_chars)})
+    return steps
+
+
+def pick(pool_size: int, seed: int, *key: object) -> int:
+    """A reproducible choice (SERA's choices were unseeded): same seed and key, same pick."""
+    return random.Random(":".join(str(part) for part in (seed, *key))).randrange(pool_size)
+
+
+def judge_patch(client: TeacherClient, settings: SynthSettings, initial_prompt: str, steps: list[dict],
+                patch: str) -> Judgement:
+    """Ask for yes/no in <output> tags; when the answer has no tags, retry with another quarter of the oldest steps
+    dropped (the usual cause is a context overflow)."""
+    answer = None
+    for attempt in range(settings.judge_retries):
+        kept = steps[len(steps) * attempt // 4:]
+        reply = client.chat(prompts.JUDGE_SYSTEM, prompts.render_judge(initial_prompt, kept, patch),
+                            temperature=settings.temperature, max_tokens=settings.max_tokens)
+        answer = prompts.extract_output(reply)
+        if answer is not None:
+            return Judgement(is_good_patch=answer.strip().lower() == "yes", answer=answer.strip(), calls=attempt + 1)
+    return Judgement(is_good_patch=False, answer=answer, calls=settings.judge_retries)
+
+
+def demo_pool(settings: SynthSettings) -> list[str]:
+    return prompts.load_demo_issues(Path(settings.demo_issues)) if settings.demo_issues else prompts.demo_issues()
+
+
+def write_synthetic_pr(client: TeacherClient, settings: SynthSettings, instance_id: str, steps: list[dict],
+                       patch: str, pool: list[str], seed: int) -> Synthesis:
+    demo_index = pick(len(pool), seed, instance_id, "demo")
+    user = prompts.render_synth_pr(steps, patch, pool[demo_index])
+    for attempt in range(settings.writer_retries):
+        text = prompts.extract_output(client.chat(prompts.WRITER_SYSTEM, user, temperature=settings.temperature,
+                                                  max_tokens=settings.max_tokens))
+        if text and text.strip():
+            return Synthesis(instance_id=instance_id, synth_pr=text.strip(), demo_index=demo_index,
+                             calls=attempt + 1)
+    log.warning("instance %s: the writer gave no <output> in %d tries", instance_id, settings.writer_retries)
+    return Synthesis(instance_id=instance_id, synth_pr=None, demo_index=demo_index, calls=settings.writer_retries)

@@ -1,0 +1,141 @@
+"""Talking to teacher models: one OpenAI-compatible client per model server, with token accounting.
+
+Two users: the judge and PR writer call `TeacherClient.chat`; the agent loop uses `AgentModel`, a mini-swe-agent
+model class on the plain `openai` client (no litellm, so no price-map lookups and no optional `mcp` dependency).
+The API key lives only in the client object: it is never part of a config dump, template variable or trajectory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from openai import OpenAI
+
+from sera_ops.config import ModelServer
+
+NO_KEY = "EMPTY"  # what local vLLM/SGLang servers accept when no key is configured
+
+
+@dataclass
+class Usage:
+    """Tokens and calls spent; summed per instance and per batch for the run statistics."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, response: Any) -> None:
+        usage = getattr(response, "usage", None)
+        with self._lock:
+            self.calls += 1
+            if usage is not None:
+                self.prompt_tokens += usage.prompt_tokens or 0
+                self.completion_tokens += usage.completion_tokens or 0
+
+    def to_dict(self) -> dict[str, int]:
+        data = asdict(self)
+        data.pop("_lock")
+        return data
+
+
+def openai_client(server: ModelServer, api_key: str | None) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key=api_key or NO_KEY, timeout=server.timeout_s,
+                  max_retries=server.max_retries)
+
+
+class TeacherClient:
+    """Plain chat completions against one model server (judge, PR writer)."""
+
+    def __init__(self, server: ModelServer, api_key: str | None):
+        self.server = server
+        self._client = openai_client(server, api_key)
+        self.usage = Usage()
+
+    def chat(self, system: str, user: str, *, temperature: float, max_tokens: int) -> str:
+        response = self._client.chat.completions.create(
+            model=self.server.model, temperature=temperature, max_tokens=max_tokens,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
+        self.usage.add(response)
+        return response.choices[0].message.content or ""
+
+
+class AgentModel:
+    """mini-swe-agent `Model` protocol over the openai client; tool-call mode or fenced-text mode."""
+
+    def __init__(self, server: ModelServer, api_key: str | None, *, temperature: float, max_tokens: int | None,
+                 observation_template: str, format_error_template: str):
+        from minisweagent.models.utils.actions_text import format_observation_messages, parse_regex_actions
+        from minisweagent.models.utils.actions_toolcall import (
+            BASH_TOOL,
+            format_toolcall_observation_messages,
+            parse_toolcall_actions,
+        )
+
+        self.server = server
+        self.usage = Usage()
+        self._client = openai_client(server, api_key)
+        self._bash_tool = BASH_TOOL
+        self._parse_toolcalls, self._parse_text = parse_toolcall_actions, parse_regex_actions
+        self._format_toolcall_obs, self._format_text_obs = format_toolcall_observation_messages, \
+            format_observation_messages
+        self.observation_template = observation_template
+        self.format_error_template = format_error_template
+        self.action_regex = r"```mswea_bash_command\s*\n(.*?)\n```"
+        self.request_kwargs: dict[str, Any] = {"temperature": temperature}
+        if max_tokens:
+            self.request_kwargs["max_tokens"] = max_tokens
+        self.config = self  # mini-swe-agent reads `model.config`; everything public here is safe to dump
+
+    def query(self, messages: list[dict], **kwargs: Any) -> dict:
+        from minisweagent.exceptions import FormatError
+
+        api_messages = [{k: v for k, v in m.items() if k != "extra"} for m in messages]
+        tools = {"tools": [self._bash_tool]} if self.server.tool_calls else {}
+        response = self._client.chat.completions.create(model=self.server.model, messages=api_messages,
+                                                        **tools, **(self.request_kwargs | kwargs))
+        self.usage.add(response)
+        choice = response.choices[0]
+        template_kwargs = {"finish_reason": choice.finish_reason}
+        try:
+            if self.server.tool_calls:
+                actions = self._parse_toolcalls(choice.message.tool_calls or [],
+                                                format_error_template=self.format_error_template,
+                                                template_kwargs=template_kwargs)
+            else:
+                actions = self._parse_text(choice.message.content or "", action_regex=self.action_regex,
+                                           format_error_template=self.format_error_template,
+                                           template_kwargs=template_kwargs)
+        except FormatError as exc:
+            exc.messages[0].setdefault("extra", {}).update({"cost": 0.0, "raw_content": choice.message.content})
+            raise
+        message = choice.message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"})
+        message.setdefault("content", "")
+        message["extra"] = {"actions": actions, "cost": 0.0, "timestamp": time.time(),
+                            "usage": response.usage.model_dump() if response.usage else None}
+        return message
+
+    def format_message(self, **kwargs: Any) -> dict:
+        return kwargs
+
+    def format_observation_messages(self, message: dict, outputs: list[dict], template_vars: dict | None = None):
+        if self.server.tool_calls:
+            return self._format_toolcall_obs(actions=message.get("extra", {}).get("actions", []), outputs=outputs,
+                                             observation_template=self.observation_template,
+                                             template_vars=template_vars)
+        return self._format_text_obs(outputs, observation_template=self.observation_template,
+                                     template_vars=template_vars)
+
+    def get_template_vars(self, **kwargs: Any) -> dict[str, Any]:
+        return {"model_name": self.server.model}
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        return self.get_template_vars()
+
+    def serialize(self) -> dict:
+        return {"info": {"config": {"model": {"model_name": self.server.model, "base_url": self.server.base_url,
+                                              "tool_calls": self.server.tool_calls, **self.request_kwargs},
+                                    "model_type": f"{type(self).__module__}.{type(self).__name__}"}}}

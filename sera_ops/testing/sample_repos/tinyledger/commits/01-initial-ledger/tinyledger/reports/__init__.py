@@ -1,0 +1,1 @@
+"""Reports computed from a chart of accounts after posting."""

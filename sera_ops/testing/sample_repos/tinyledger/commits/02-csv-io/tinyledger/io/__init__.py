@@ -1,0 +1,1 @@
+"""Ledgers in file formats other programs read: spreadsheets, accounting exports."""

@@ -1,0 +1,387 @@
+"""Function inventory: code-folder detection, AST inventory, call edges, cache format and seeded sampling."""
+
+import json
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sera_ops.functions import (
+    Instance,
+    InventoryError,
+    StartFunction,
+    call_edges,
+    detect_code_folders,
+    inventory_from_json,
+    inventory_to_json,
+    is_test_path,
+    list_functions,
+    sample_instances,
+)
+
+
+def write(root: Path, relative: str, text: str = "") -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def names(functions: list[StartFunction]) -> list[str]:
+    return [function.key for function in functions]
+
+
+# --- code folders ----------------------------------------------------------------------------------------------------
+
+def test_listed_folders_are_unioned_and_missing_ones_ignored(tmp_path):
+    write(tmp_path, "core/__init__.py")
+    write(tmp_path, "plugins/__init__.py")
+    folders = detect_code_folders(tmp_path, "repo", ["core", "missing", "plugins/", "./core"])
+    assert folders == ["core", "plugins"]
+
+
+def test_listed_folders_none_existing_is_a_clear_error(tmp_path):
+    with pytest.raises(InventoryError) as raised:
+        detect_code_folders(tmp_path, "repo", ["lib", "src/lib"])
+    message = str(raised.value)
+    assert "lib, src/lib" in message
+    assert "top_level_folder" in message
+
+
+def test_listed_folder_outside_the_repository_is_refused(tmp_path):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(InventoryError, match="outside the repository"):
+        detect_code_folders(tmp_path / "repo", "repo", ["../elsewhere"])
+
+
+def test_auto_detects_repo_name_spellings(tmp_path):
+    write(tmp_path, "my_lib/__init__.py")
+    write(tmp_path, "other/__init__.py")
+    assert detect_code_folders(tmp_path, "acme/My-Lib", []) == ["my_lib"]
+
+
+def test_auto_detects_src_layout(tmp_path):
+    write(tmp_path, "src/mylib/__init__.py")
+    write(tmp_path, "tests/__init__.py")
+    assert detect_code_folders(tmp_path, "mylib", None) == ["src/mylib"]
+
+
+def test_auto_detects_packages_when_package_name_differs_from_repo_name(tmp_path):
+    write(tmp_path, "yaml_tools/__init__.py")
+    write(tmp_path, "src/extra/__init__.py")
+    for not_code in ("tests", "docs", "examples", "benchmarks", ".hidden"):
+        write(tmp_path, f"{not_code}/__init__.py")
+    (tmp_path / "scripts").mkdir()  # no __init__.py: not a package
+    assert detect_code_folders(tmp_path, "pyyaml-tools", None) == ["src/extra", "yaml_tools"]
+
+
+def test_auto_detect_falls_back_to_src(tmp_path):
+    write(tmp_path, "src/tool.py", "def main(): pass\n")
+    assert detect_code_folders(tmp_path, "tool", None) == ["src"]
+
+
+def test_auto_detect_failure_tells_the_user_what_to_set(tmp_path):
+    write(tmp_path, "setup.py")
+    write(tmp_path, "tests/__init__.py")
+    with pytest.raises(InventoryError) as raised:
+        detect_code_folders(tmp_path, "Widget-Kit", None)
+    message = str(raised.value)
+    assert "widget_kit" in message and "src/Widget-Kit" in message
+    assert "set `top_level_folder`" in message
+
+
+# --- inventory -------------------------------------------------------------------------------------------------------
+
+def test_methods_nested_and_async_functions_with_lines(tmp_path):
+    write(tmp_path, "pkg/io/parser.py", """\
+        import functools
+
+
+        def slugify(text):
+            def clean(part):
+                return part.strip()
+            return clean(text)
+
+
+        class Parser:
+            @functools.cache
+            def parse_header(self):
+                return 1
+
+            async def fetch(self):
+                return 2
+
+            class Inner:
+                def method(self):
+                    lambda: 3
+
+
+        if True:
+            async def conditional():
+                pass
+        """)
+    functions = list_functions(tmp_path, ["pkg"])
+    assert [(function.name, function.line, function.end_line) for function in functions] == [
+        ("slugify", 4, 7),
+        ("slugify.clean", 5, 6),
+        ("Parser.parse_header", 12, 13),
+        ("Parser.fetch", 15, 16),
+        ("Parser.Inner.method", 19, 20),
+        ("conditional", 24, 25),
+    ]
+    assert {function.file for function in functions} == {"pkg/io/parser.py"}
+    assert functions[2].key == "pkg/io/parser.py::Parser.parse_header"
+
+
+def test_same_basename_in_several_files_is_kept(tmp_path):
+    """SERA's basename heuristic dropped these: both `utils.py` define `helper`."""
+    write(tmp_path, "pkg/a/utils.py", "def helper(): pass\n")
+    write(tmp_path, "pkg/b/utils.py", "def helper(): pass\n")
+    assert names(list_functions(tmp_path, ["pkg"])) == ["pkg/a/utils.py::helper", "pkg/b/utils.py::helper"]
+
+
+def test_redefinition_keeps_the_first_def(tmp_path):
+    write(tmp_path, "pkg/m.py", """\
+        class C:
+            @property
+            def value(self):
+                return 1
+
+            @value.setter
+            def value(self, new):
+                pass
+        """)
+    functions = list_functions(tmp_path, ["pkg"])
+    assert [(function.name, function.line) for function in functions] == [("C.value", 3)]
+
+
+def test_depth_filter_counts_components_below_the_folder(tmp_path):
+    for relative in ("pkg/one.py", "pkg/a/two.py", "pkg/a/b/three.py", "pkg/a/b/c/four.py"):
+        write(tmp_path, relative, f"def {Path(relative).stem}(): pass\n")
+    depth = {function.name for function in list_functions(tmp_path, ["pkg"], max_depth=2)}
+    assert depth == {"one", "two"}
+    assert {function.name for function in list_functions(tmp_path, ["pkg"])} == {"one", "two", "three"}
+    for keep_all in (None, 0):
+        assert len(list_functions(tmp_path, ["pkg"], max_depth=keep_all)) == 4
+    write(tmp_path, "src/lib/x/y/z.py", "def deep(): pass\n")
+    assert names(list_functions(tmp_path, ["src/lib"], max_depth=3)) == ["src/lib/x/y/z.py::deep"]
+
+
+@pytest.mark.parametrize(("path", "is_test"), [
+    ("pkg/tests/helpers.py", True),
+    ("pkg/test/helpers.py", True),
+    ("pkg/testing/helpers.py", True),
+    ("pkg/test_parser.py", True),
+    ("pkg/parser_test.py", True),
+    ("pkg/conftest.py", True),
+    ("pkg/testing_utils.py", False),
+    ("pkg/latests.py", False),
+    ("pkg/contest/attest.py", False),
+    ("pkg/protest_tools/x.py", False),
+])
+def test_test_paths_are_matched_by_component(path, is_test):
+    assert is_test_path(path) is is_test
+
+
+def test_test_files_are_skipped_but_testing_utils_is_not(tmp_path):
+    write(tmp_path, "pkg/tests/test_core.py", "def test_a(): pass\n")
+    write(tmp_path, "pkg/tests/helpers.py", "def helper(): pass\n")
+    write(tmp_path, "pkg/test_thing.py", "def test_b(): pass\n")
+    write(tmp_path, "pkg/conftest.py", "def fixture(): pass\n")
+    write(tmp_path, "pkg/testing_utils.py", "def make_fake(): pass\n")
+    assert names(list_functions(tmp_path, ["pkg"])) == ["pkg/testing_utils.py::make_fake"]
+
+
+def test_unparsable_files_are_logged_and_skipped(tmp_path, caplog):
+    write(tmp_path, "pkg/bad.py", "def broken(:\n")
+    (tmp_path / "pkg/latin.py").write_bytes(b"def f():\n    return '\xe9'\n")  # not UTF-8, no coding cookie
+    write(tmp_path, "pkg/good.py", "def fine(): pass\n")
+    write(tmp_path, "pkg/notes.txt", "def not_python(): pass\n")
+    with caplog.at_level(logging.WARNING, logger="sera_ops.functions"):
+        functions = list_functions(tmp_path, ["pkg"])
+    assert names(functions) == ["pkg/good.py::fine"]
+    assert "pkg/bad.py" in caplog.text and "pkg/latin.py" in caplog.text
+
+
+def test_overlapping_folders_do_not_duplicate(tmp_path):
+    write(tmp_path, "pkg/sub/m.py", "def f(): pass\n")
+    assert names(list_functions(tmp_path, ["pkg", "pkg/sub"])) == ["pkg/sub/m.py::f"]
+
+
+def test_results_are_sorted_by_file_then_line(tmp_path):
+    write(tmp_path, "b/z.py", "def late(): pass\n")
+    write(tmp_path, "a/y.py", "def second(): pass\n\ndef third(): pass\n")
+    write(tmp_path, "a/x.py", "def first(): pass\n")
+    assert [function.name for function in list_functions(tmp_path, ["b", "a"])] == ["first", "second", "third", "late"]
+
+
+def test_missing_folder_is_an_inventory_error(tmp_path):
+    with pytest.raises(InventoryError, match="'nope' does not exist"):
+        list_functions(tmp_path, ["nope"])
+
+
+# --- call edges ------------------------------------------------------------------------------------------------------
+
+def test_call_edges_resolve_same_file_then_unique_names(tmp_path):
+    write(tmp_path, "pkg/a.py", """\
+        from pkg.b import unique_helper, shared
+
+
+        def run():
+            local()
+            unique_helper()
+            shared()
+            len([])
+
+
+        def local():
+            def inner():
+                return unique_helper()
+            return inner()
+
+
+        class Service:
+            def start(self):
+                return self.stop()
+
+            def stop(self):
+                return helper_method()
+        """)
+    write(tmp_path, "pkg/b.py", """\
+        def unique_helper():
+            pass
+
+
+        def shared():
+            pass
+
+
+        class Other:
+            def stop(self):
+                pass
+        """)
+    write(tmp_path, "pkg/c.py", """\
+        def shared():
+            pass
+
+
+        def helper_method():
+            pass
+        """)
+    functions = list_functions(tmp_path, ["pkg"])
+    edges = call_edges(tmp_path, functions)
+    assert set(edges) == {function.key for function in functions}
+    assert edges["pkg/a.py::run"] == ["pkg/a.py::local", "pkg/b.py::unique_helper"]  # `shared` is ambiguous
+    assert edges["pkg/a.py::local"] == ["pkg/a.py::local.inner"]  # the inner call belongs to `inner`
+    assert edges["pkg/a.py::local.inner"] == ["pkg/b.py::unique_helper"]
+    assert edges["pkg/a.py::Service.start"] == ["pkg/a.py::Service.stop"]  # not Other.stop
+    assert edges["pkg/a.py::Service.stop"] == ["pkg/c.py::helper_method"]
+    assert edges["pkg/b.py::Other.stop"] == []
+
+
+def test_bare_calls_never_resolve_to_methods(tmp_path):
+    write(tmp_path, "pkg/m.py", """\
+        from elsewhere import close
+
+
+        def shutdown():
+            close()
+
+
+        def disconnect(conn):
+            conn.close()
+
+
+        class Conn:
+            def close(self):
+                pass
+        """)
+    edges = call_edges(tmp_path, list_functions(tmp_path, ["pkg"]))
+    assert edges["pkg/m.py::shutdown"] == []  # the imported `close`, not the method
+    assert edges["pkg/m.py::disconnect"] == ["pkg/m.py::Conn.close"]
+
+
+# --- cache format ----------------------------------------------------------------------------------------------------
+
+def test_inventory_json_round_trip(tmp_path):
+    write(tmp_path, "pkg/m.py", "def a():\n    b()\n\ndef b(): pass\n")
+    functions = list_functions(tmp_path, ["pkg"])
+    edges = call_edges(tmp_path, functions)
+    document = json.loads(json.dumps(inventory_to_json(functions, edges)))
+    assert inventory_from_json(document) == (functions, edges)
+    assert edges == {"pkg/m.py::a": ["pkg/m.py::b"], "pkg/m.py::b": []}
+
+
+def test_inventory_json_rejects_other_versions_and_shapes():
+    with pytest.raises(InventoryError, match="version"):
+        inventory_from_json({"version": 99, "functions": [], "edges": {}})
+    with pytest.raises(InventoryError, match="malformed"):
+        inventory_from_json({"version": 1, "functions": [{"name": "f"}], "edges": {}})
+
+
+def test_records_round_trip_through_dicts():
+    function = StartFunction("Parser.parse_header", "mylib/io/parser.py", 10, 20)
+    assert StartFunction.from_dict(json.loads(json.dumps(function.to_dict()))) == function
+    instance = Instance("mylib_abcdef1_10000", "mylib", "abcdef1234", "slugify", "mylib/text.py", 0)
+    assert Instance.from_dict(json.loads(json.dumps(instance.to_dict()))) == instance
+
+
+# --- sampling --------------------------------------------------------------------------------------------------------
+
+COMMIT_A = "a" * 40
+COMMIT_B = "b" * 40
+
+
+def inventory(prefix: str, count: int) -> list[StartFunction]:
+    return [StartFunction(f"{prefix}{index}", f"pkg/{prefix}.py", index + 1, index + 1) for index in range(count)]
+
+
+def test_sampling_is_deterministic_per_seed():
+    by_commit = {COMMIT_A: inventory("f", 30), COMMIT_B: inventory("g", 30)}
+    first = sample_instances("mylib", by_commit, fns_per_repo=20, insts_per_fn=1, seed=7)
+    assert first == sample_instances("mylib", by_commit, fns_per_repo=20, insts_per_fn=1, seed=7)
+    reversed_input = {commit: list(reversed(functions)) for commit, functions in by_commit.items()}
+    assert first == sample_instances("mylib", reversed_input, fns_per_repo=20, insts_per_fn=1, seed=7)
+    other_seed = sample_instances("mylib", by_commit, fns_per_repo=20, insts_per_fn=1, seed=8)
+    assert [instance.start_fn for instance in first] != [instance.start_fn for instance in other_seed]
+
+
+def test_fns_per_repo_limits_the_whole_repository_round_robin():
+    by_commit = {COMMIT_A: inventory("f", 5), COMMIT_B: inventory("g", 2)}
+    instances = sample_instances("mylib", by_commit, fns_per_repo=6, insts_per_fn=1, seed=0)
+    assert len(instances) == 6
+    assert [instance.commit for instance in instances] == [COMMIT_A, COMMIT_B, COMMIT_A, COMMIT_B, COMMIT_A, COMMIT_A]
+    assert [instance.instance_id for instance in instances] == [
+        "mylib_aaaaaaa_10000", "mylib_bbbbbbb_10000", "mylib_aaaaaaa_10001",
+        "mylib_bbbbbbb_10001", "mylib_aaaaaaa_10002", "mylib_aaaaaaa_10003",
+    ]
+    assert {instance.start_fn for instance in instances if instance.commit == COMMIT_B} == {"g0", "g1"}
+    everything = sample_instances("mylib", by_commit, fns_per_repo=100, insts_per_fn=1, seed=0)
+    assert len(everything) == 7
+
+
+def test_insts_per_fn_makes_numbered_copies():
+    instances = sample_instances("mylib", {COMMIT_A: inventory("f", 3)}, fns_per_repo=2, insts_per_fn=3, seed=1)
+    assert [instance.instance_id for instance in instances] == [
+        "mylib_aaaaaaa_10000-0", "mylib_aaaaaaa_10000-1", "mylib_aaaaaaa_10000-2",
+        "mylib_aaaaaaa_10001-0", "mylib_aaaaaaa_10001-1", "mylib_aaaaaaa_10001-2",
+    ]
+    assert [instance.copy_index for instance in instances] == [0, 1, 2, 0, 1, 2]
+    first_function = {(instance.start_fn, instance.start_fn_file) for instance in instances[:3]}
+    assert len(first_function) == 1 and instances[0].start_fn_file == "pkg/f.py"
+    assert instances[0].start_fn != instances[3].start_fn
+    assert all(instance.repo == "mylib" and instance.commit == COMMIT_A for instance in instances)
+
+
+@pytest.mark.parametrize(("fns_per_repo", "insts_per_fn", "argument"), [
+    (0, 1, "fns_per_repo"), (5, 0, "insts_per_fn"), (True, 1, "fns_per_repo"), (5, 1.5, "insts_per_fn"),
+])
+def test_sampling_validates_arguments(fns_per_repo, insts_per_fn, argument):
+    with pytest.raises(ValueError, match=argument):
+        sample_instances("mylib", {COMMIT_A: inventory("f", 3)}, fns_per_repo, insts_per_fn, seed=0)
+
+
+def test_sampling_with_no_functions_is_empty():
+    assert sample_instances("mylib", {COMMIT_A: [], COMMIT_B: []}, fns_per_repo=5, insts_per_fn=1, seed=0) == []
