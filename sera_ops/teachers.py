@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from openai import OpenAI
@@ -37,9 +37,9 @@ class Usage:
                 self.completion_tokens += usage.completion_tokens or 0
 
     def to_dict(self) -> dict[str, int]:
-        data = asdict(self)
-        data.pop("_lock")
-        return data
+        with self._lock:
+            return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens}
 
 
 def openai_client(server: ModelServer, api_key: str | None) -> OpenAI:

@@ -155,7 +155,9 @@ def run_episode(base_url: str, repo: Path, task: str, *, use_tools: bool = True,
             "observation_template"]}
     model = OpenAIClientModel(model_name="scripted-teacher", base_url=base_url, use_tools=use_tools,
                               observation_template=templates["observation_template"])
-    agent = DefaultAgent(model, LocalEnvironment(cwd=str(repo), timeout=30),
+    environment = LocalEnvironment(cwd=str(repo), timeout=30,  # the venv's python3 first: no pyenv shim per step
+                                   env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    agent = DefaultAgent(model, environment,
                          system_template=templates["system_template"],
                          instance_template=templates["instance_template"], step_limit=12, cost_limit=0)
     info = agent.run(task=task)

@@ -7,9 +7,10 @@ import subprocess
 import urllib.request
 import uuid
 
-import docker
 import pytest
 import yaml
+
+import docker
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASE_IMAGE = os.environ.get("SERA_BASE_IMAGE", "sera-base:bookworm")
@@ -55,7 +56,8 @@ def test_engine_answers_ping(docker_client):
 def test_base_image_runs_python_and_git_offline(docker_client):
     image = docker_client.images.get(BASE_IMAGE)
     assert "PIP_NO_INDEX=1" in image.attrs["Config"]["Env"]
-    version = run_in(docker_client, BASE_IMAGE, ["python3", "-c", "import ssl, sqlite3, sys; print(sys.version_info[:2])"])
+    probe = "import ssl, sqlite3, sys; print(sys.version_info[:2])"
+    version = run_in(docker_client, BASE_IMAGE, ["python3", "-c", probe])
     assert version.strip() == "(3, 11)"
     assert run_in(docker_client, BASE_IMAGE, ["git", "--version"]).startswith("git version ")
     assert run_in(docker_client, BASE_IMAGE, ["git", "config", "--system", "user.email"]).strip() == "sera@localhost"
@@ -88,8 +90,8 @@ def test_image_built_from_base_round_trips_through_registry(docker_client, regis
         for leftover in docker_client.images.list(name=repository):
             docker_client.images.remove(leftover.id, force=True)
         if digest:
-            request = urllib.request.Request(f"http://{registry}/v2/sera-test/smoke/manifests/{digest}", method="DELETE")
-            with urllib.request.urlopen(request, timeout=10) as response:
+            manifest_url = f"http://{registry}/v2/sera-test/smoke/manifests/{digest}"
+            with urllib.request.urlopen(urllib.request.Request(manifest_url, method="DELETE"), timeout=10) as response:
                 assert response.status == 202
 
 

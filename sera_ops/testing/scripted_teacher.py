@@ -538,7 +538,8 @@ class ScriptedTeacher:
         self._stopping.clear()
         self._server = _Server((self.config.host, self.config.port), _Handler)
         self._server.teacher = self
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-teacher", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="scripted-teacher", daemon=True)
         self._thread.start()
         return self.url
 
