@@ -70,20 +70,20 @@ registry_answers() {
         head -n1 <&3 | grep -q " 200 "' "$host" "$port" 2>/dev/null
 }
 
-# Wait until `check` succeeds while `pid` lives; on failure show the log tail.
+# Wait until `check` succeeds while `pid` lives; on failure show the last `lines` of the log.
 wait_ready() {
-    local name=$1 pid=$2 check=$3 log=$4 deadline=$((SECONDS + READY_TIMEOUT_S))
+    local name=$1 pid=$2 check=$3 log=$4 lines=${5:-20} deadline=$((SECONDS + READY_TIMEOUT_S))
     while ((SECONDS < deadline)); do
         $check && return 0
         if ! kill -0 "$pid" 2>/dev/null; then
             say "$name exited during start-up; last log lines ($log):"
-            tail -n 20 "$log" | sed 's/^/    /'
+            tail -n "$lines" "$log" | sed 's/^/    /'
             return 1
         fi
         sleep 0.2
     done
     say "$name did not answer within ${READY_TIMEOUT_S}s; last log lines ($log):"
-    tail -n 20 "$log" | sed 's/^/    /'
+    tail -n "$lines" "$log" | sed 's/^/    /'
     return 1
 }
 
@@ -119,7 +119,8 @@ start_dockerd() {
         driver=overlay2
     fi
     pid="$(launch_dockerd "$driver")"
-    if ! wait_ready dockerd "$pid" engine_answers "$STATE/dockerd.log"; then
+    # An overlay2 probe that fails is expected on some filesystems: its reason is the log's last line.
+    if ! wait_ready dockerd "$pid" engine_answers "$STATE/dockerd.log" 1; then
         [[ $driver == overlay2 && ! -s $DRIVER_FILE ]] || die "dockerd failed to start"
         kill -0 "$pid" 2>/dev/null && stop_pid dockerd "$pid"
         say "overlay2 failed; retrying with vfs"
@@ -200,6 +201,10 @@ cmd_stop() {
     if live_pid "$STATE/exec/containerd/containerd.pid" containerd >/dev/null; then
         stop_service containerd "$STATE/exec/containerd/containerd.pid" containerd
     fi
+    # The engine bind-mounts its data root (and container layers) under the state dir; leave no mount behind.
+    awk -v state="$STATE/" 'index($2, state) == 1 { print $2 }' /proc/mounts | sort -r | while read -r mnt; do
+        umount -l "$mnt" 2>/dev/null || true
+    done
 }
 
 cmd_status() {

@@ -12,3 +12,29 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["MSWEA_GLOBAL_CONFIG_DIR"] = str(_SCRATCH / "mswea")
 os.environ["MSWEA_SILENT_STARTUP"] = "1"
 os.environ["MSWEA_CONFIGURED"] = "true"
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def docker_engine_reachable() -> bool:
+    """True when a Docker engine answers; CI sets SERA_REQUIRE_DOCKER=1 so that a missing engine fails loudly."""
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:
+        if os.environ.get("SERA_REQUIRE_DOCKER") == "1":
+            raise
+        return False
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite metadata DB in the session's private AIRFLOW_HOME (dag.test needs one)."""
+    airflow = pathlib.Path(sys.executable).parent / "airflow"
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+    return os.environ["AIRFLOW_HOME"]
