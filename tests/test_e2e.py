@@ -85,7 +85,7 @@ def test_roles_alternate_and_only_assistant_turns_train(run):
         for record in jsonl(run["store"].dataset_dir / name):
             roles = [m["role"] for m in record["messages"]]
             assert roles[:3] == ["system", "user", "assistant"], roles
-            assert all(a != b for a, b in zip(roles[1:], roles[2:])), roles
+            assert all(a != b for a, b in zip(roles[1:], roles[2:], strict=False)), roles
             assert all(m["train"] == (m["role"] == "assistant") for m in record["messages"])
             assert record["tool_json"][0]["function"]["name"] == "bash"
             assert "<tool_call>" in record["messages"][2]["content"]

@@ -12,8 +12,7 @@ index 1111111..2222222 100644
 -    return sum(xs)
 +    result = sum(xs)
 +    return result
- 
-"""
+""" + " \n"
 
 SAME_LINES_OTHER_FILE = P1.replace("pkg/mod.py", "pkg/other.py")
 
