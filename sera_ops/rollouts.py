@@ -1,13 +1,16 @@
 """One agent episode with mini-swe-agent: a task in, a trajectory and a patch out.
 
-The patch is the sandbox's `git diff` after the episode (also when the step or time limit cut it short), not what the
-agent chose to print; the trajectory is saved with every configured secret redacted.
+An episode ends normally when the agent submits or hits its step, time or format-error limit; anything else (the
+teacher unreachable after the client's retries, a broken sandbox) raises EpisodeError, so the instance is retried
+rather than recorded as finished. The patch is the sandbox's `git diff` after the episode (also when a limit cut it
+short), not what the agent chose to print; the trajectory is saved with every configured secret redacted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 REDACTED = "[REDACTED]"
 
 
+class EpisodeError(RuntimeError):
+    """The episode did not finish on its own terms (teacher unreachable, sandbox broken); retried, not recorded."""
+
+
 @dataclass(frozen=True)
 class Rollout:
     instance_id: str
@@ -37,7 +44,6 @@ class Rollout:
     prompt_tokens: int
     completion_tokens: int
     duration_s: float
-    error: str | None
     trajectory_file: str
     template_index: int | None = None
 
@@ -79,18 +85,20 @@ def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image:
                       name=f"{instance_id}-r{stage}-a{attempt}") as sandbox:
         agent = DefaultAgent(model, sandbox.env, system_template=templates["system_template"],
                              instance_template=templates["instance_template"], step_limit=settings.step_limit,
-                             cost_limit=0, wall_time_limit_seconds=int(settings.time_limit_s))
+                             cost_limit=0, wall_time_limit_seconds=math.ceil(settings.time_limit_s))
         try:
             agent.run(task)
-        except Exception as exc:  # the agent already recorded an exit message; keep the episode and its patch
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("instance %s rollout %d: episode ended with %s", instance_id, stage, error)
+        except Exception as exc:  # the teacher is unreachable or something broke: not a finished episode
+            error = exc
         patch = sandbox.patch()
     trajectory = redact(agent.serialize({"instance_id": instance_id}), secrets)
     atomic_write_text(trajectory_path, json.dumps(trajectory, indent=1))
-    exit_status = trajectory["info"].get("exit_status") or ("Error" if error else "Unknown")
+    if error is not None:
+        raise EpisodeError(f"instance {instance_id} rollout {stage}: {type(error).__name__}: "
+                           f"{redact(str(error), secrets)}") from None
     return Rollout(instance_id=instance_id, stage=stage, attempt=attempt, task=redact(task, secrets),
-                   exit_status=exit_status, patch=redact(patch, secrets), model_calls=model.usage.calls,
+                   exit_status=trajectory["info"]["exit_status"], patch=redact(patch, secrets),
+                   model_calls=model.usage.calls,
                    prompt_tokens=model.usage.prompt_tokens, completion_tokens=model.usage.completion_tokens,
-                   duration_s=round(time.monotonic() - started, 3), error=redact(error, secrets),
+                   duration_s=round(time.monotonic() - started, 3),
                    trajectory_file=trajectory_path.name, template_index=template_index)

@@ -1,0 +1,109 @@
+"""The stages without a scheduler (local sandbox, scripted teacher): idempotent retries, failure isolation,
+timeouts, and the dataset's contents."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sera_ops import pipeline
+from sera_ops.config import load_platform, load_repos
+from sera_ops.pipeline import BatchFailed, RunContext, RunParams
+from sera_ops.testing.dry_run import dry_run_platform
+from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
+from tests.conftest import ROOT
+
+
+def make_context(tmp_path: Path, teacher_url: str, run_id: str = "run-1", **repo_overrides) -> RunContext:
+    platform_file = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, teacher_url,
+                                     storage_root=tmp_path / "store", overrides={"images": {"sandbox": "local"}})
+    platform = load_platform(platform_file)
+    spec = load_repos(platform)[0][0]
+    spec = spec.model_copy(update=repo_overrides)
+    return RunContext.create(platform, spec, run_id, RunParams(max_functions=4))
+
+
+def prepare(ctx: RunContext) -> list[str]:
+    for commit in pipeline.select_commits(ctx):
+        pipeline.build_image(ctx, commit)
+        pipeline.inventory(ctx, commit)
+    pipeline.sample(ctx)
+    return pipeline.make_batches(ctx)
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*.json") if "instances" in p.parts}
+
+
+def test_rerunning_stages_redoes_nothing_that_is_done(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        stats = pipeline.run_all(ctx)
+        assert stats["records"]["t1"] == stats["instances"] == 4
+        assert stats["verified"] == 4  # "full" mode reproduces rollout one exactly
+        before, calls = mtimes(ctx.store.run_dir), teacher.stats["agent"]
+        for batch in pipeline.make_batches(ctx):
+            assert pipeline.rollout_one(ctx, batch)["ran"] == 0
+            assert pipeline.synthesize(ctx, batch)["ran"] == 0
+            assert pipeline.rollout_two(ctx, batch)["ran"] == 0
+        assert teacher.stats["agent"] == calls
+        unchanged = {k: v for k, v in mtimes(ctx.store.run_dir).items() if not k.endswith("verdict.json")}
+        assert unchanged == {k: v for k, v in before.items() if not k.endswith("verdict.json")}
+
+
+def test_teacher_outage_fails_the_batch_then_a_retry_finishes_only_the_missing(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig(error_rate=1.0)) as broken:
+        ctx = make_context(tmp_path, broken.url)
+        ctx.platform.model_servers["scripted"] = ctx.server.model_copy(update={"max_retries": 0})
+        (batch,) = prepare(ctx)
+        with pytest.raises(BatchFailed, match="only 0/4 instances finished"):
+            pipeline.rollout_one(ctx, batch)
+        errors = list(ctx.store.run_dir.rglob("rollout1.error.json"))
+        assert len(errors) == 4
+        assert all("EpisodeError" in e.read_text() and "injected by the scripted teacher" in e.read_text()
+                   for e in errors)
+        assert not list(ctx.store.run_dir.rglob("rollout1.json"))
+    with ScriptedTeacher(ScriptedTeacherConfig()) as healthy:
+        ctx.platform.model_servers["scripted"] = ctx.server.model_copy(update={"base_url": healthy.url})
+        summary = pipeline.rollout_one(ctx, batch)
+        assert (summary["ran"], summary["failed"]) == (4, 0)
+        assert not list(ctx.store.run_dir.rglob("rollout1.error.json"))
+
+
+def test_a_timed_out_episode_is_recorded_not_fatal(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig(latency_s=0.4)) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        ctx.spec = ctx.spec.model_copy(update={"rollout": ctx.spec.rollout.model_copy(
+            update={"time_limit_s": 1, "max_attempts": 1})})
+        (batch,) = prepare(ctx)
+        assert pipeline.rollout_one(ctx, batch)["failed"] == 0
+        statuses = {json.loads(p.read_text())["final"]["exit_status"]
+                    for p in ctx.store.run_dir.rglob("rollout1.json")}
+        assert statuses == {"TimeExceeded"}
+        stats = pipeline.assemble(ctx)
+        assert stats["records"] == {"t1": 0, "t2": 0}
+
+
+def test_judge_rejections_retry_with_new_templates_and_are_left_out(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig(judge_reject_rate=1.0)) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        stats = pipeline.run_all(ctx)
+    assert stats["judged_good"] == 0 and stats["rollout_one_attempts"] == 4 * 3
+    assert stats["records"] == {"t1": 0, "t2": 0}
+    one = json.loads(next(ctx.store.run_dir.rglob("rollout1.json")).read_text())
+    templates = [a["rollout"]["template_index"] for a in one["attempts"]]
+    assert len(templates) == 3 and all(a["judgement"]["answer"] == "no" for a in one["attempts"])
+
+
+def test_local_episodes_do_not_see_host_secrets(tmp_path, monkeypatch):
+    from sera_ops.sandbox import open_sandbox
+
+    monkeypatch.setenv("SERA_SCRIPTED_API_KEY", "sk-local-secret-value")
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        commit = pipeline.select_commits(ctx)[0]
+        image = pipeline.images.ImageRef.from_dict(pipeline.build_image(ctx, commit))
+    with open_sandbox(image, command_timeout_s=10, name="probe") as sandbox:
+        output = sandbox.run("env")["output"]
+        assert "sk-local-secret-value" not in output and "PATH=" in output
+        assert os.path.isdir(sandbox.cwd) and sandbox.patch() == ""
