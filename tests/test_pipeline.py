@@ -107,3 +107,27 @@ def test_local_episodes_do_not_see_host_secrets(tmp_path, monkeypatch):
         output = sandbox.run("env")["output"]
         assert "sk-local-secret-value" not in output and "PATH=" in output
         assert os.path.isdir(sandbox.cwd) and sandbox.patch() == ""
+
+
+def test_one_failing_instance_does_not_take_the_batch_down(tmp_path, monkeypatch):
+    real_episode = pipeline.run_episode
+    doomed: list[str] = []
+
+    def flaky_episode(**kwargs):
+        if kwargs["instance_id"] == doomed[0]:
+            raise RuntimeError("sandbox exploded")
+        return real_episode(**kwargs)
+
+    monkeypatch.setattr(pipeline, "run_episode", flaky_episode)
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        (batch,) = prepare(ctx)
+        doomed.append(json.loads(ctx.store.path("instances.json").read_text())[1]["instance_id"])
+        summary = pipeline.rollout_one(ctx, batch)
+        assert (summary["ran"], summary["failed"]) == (4, 1)
+        error = json.loads(ctx.store.instance_file(doomed[0], "rollout1.error.json").read_text())
+        assert error["error"] == "RuntimeError: sandbox exploded"
+        for stage in (pipeline.synthesize, pipeline.rollout_two, pipeline.verify_batch):
+            stage(ctx, batch)
+        stats = pipeline.assemble(ctx)
+    assert (stats["rollout_one"], stats["rollout1_errors"], stats["records"]["t1"]) == (3, 1, 3)
