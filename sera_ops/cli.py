@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sera_ops.config import ConfigError, load_platform, load_repos
 from sera_ops.pipeline import RunContext, RunParams, run_all
@@ -36,7 +36,7 @@ def _run(args: argparse.Namespace) -> int:
         known = ", ".join(s.name for s in specs) or "none"
         print(f"unknown repository '{args.repo}' (valid configs: {known}); see `sera validate`", file=sys.stderr)
         return 2
-    run_id = args.run_id or f"cli__{datetime.now(timezone.utc):%Y-%m-%dT%H-%M-%S}"
+    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
     params = RunParams(commits=args.commit or [], max_functions=args.max_functions, model_server=args.model_server,
                        threshold=args.threshold)
     stats = run_all(RunContext.create(platform, spec, run_id, params))
