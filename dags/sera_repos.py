@@ -78,28 +78,20 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         def make_batches(_: int) -> list[str]:
             return pipeline.make_batches(_context(platform, spec))
 
+        def batch_step(task_id: str, step):
+            @task(task_id=task_id)
+            def run_step(batch_id: str) -> str:
+                step(_context(platform, spec), batch_id)
+                return batch_id
+
+            return run_step
+
         @task_group
         def per_batch(batch_id: str):
-            @task
-            def rollout_one(batch_id: str) -> str:
-                pipeline.rollout_one(_context(platform, spec), batch_id)
-                return batch_id
-
-            @task
-            def synthesize(batch_id: str) -> str:
-                pipeline.synthesize(_context(platform, spec), batch_id)
-                return batch_id
-
-            @task
-            def rollout_two(batch_id: str) -> str:
-                pipeline.rollout_two(_context(platform, spec), batch_id)
-                return batch_id
-
-            @task
-            def verify(batch_id: str) -> dict:
-                return pipeline.verify_batch(_context(platform, spec), batch_id)
-
-            return verify(rollout_two(synthesize(rollout_one(batch_id))))
+            for task_id, step in (("rollout_one", pipeline.rollout_one), ("synthesize", pipeline.synthesize),
+                                  ("rollout_two", pipeline.rollout_two), ("verify", pipeline.verify_batch)):
+                batch_id = batch_step(task_id, step)(batch_id)
+            return batch_id
 
         @task(trigger_rule="all_done")
         def assemble(_: object) -> dict:

@@ -349,7 +349,8 @@ def agent_reply(teacher: ScriptedTeacher, messages: list[dict]) -> str:
 
 
 def tool_turn(call_id: str, command: str, returncode: int, output: str) -> list[dict]:
-    call = {"id": call_id, "type": "function", "function": {"name": "bash", "arguments": json.dumps({"command": command})}}
+    arguments = json.dumps({"command": command})
+    call = {"id": call_id, "type": "function", "function": {"name": "bash", "arguments": arguments}}
     observation = f"<returncode>{returncode}</returncode>\n<output>\n{output}</output>"
     return [{"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call_id, "content": observation}]

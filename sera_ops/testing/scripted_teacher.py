@@ -331,8 +331,8 @@ for line in lines[node.lineno - 1:end]:
 _EDIT_BODY = """\
 import sys
 with open(path, encoding="utf-8", newline="") as handle:
-    original = handle.read()
-lines = original.splitlines(True)
+    lines = handle.readlines()
+original = "".join(lines)
 current = lines[number - 1] if 0 < number <= len(lines) else ""
 text = current.rstrip("\\r\\n")
 if text.rstrip() != expected.rstrip():
@@ -410,8 +410,11 @@ def _next_action(target: _Target | None, turns: list[_Turn]) -> tuple[str, str]:
         listing = _listing(last.output) if last.returncode == 0 else None
         edit = _function_edit(listing[1], target.mode) if listing else None
         if listing and edit:
-            return (f"I will make the value `{target.start_fn}` produces explicit by rewriting line "
-                    f"{listing[0] + edit.offset} of `{target.path}`.", _edit_command(target, listing[0], edit))
+            number = listing[0] + edit.offset
+            thought = (f"I will add an explicit guard to `{target.start_fn}` after line {number} of `{target.path}`."
+                       if edit.keep else
+                       f"I will name the value `{target.start_fn}` returns on line {number} of `{target.path}`.")
+            return thought, _edit_command(target, listing[0], edit)
         return "I will review the state of the working tree before submitting.", _REVIEW
     if kind == "edit":
         return "Let me review the change.", _REVIEW
@@ -483,7 +486,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*_error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "invalid_request_error"))
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            self.close_connection = True
+            self._send(*_error(HTTPStatus.BAD_REQUEST, "bad Content-Length", "invalid_request_error"))
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(*_error(HTTPStatus.NOT_FOUND, f"no route {self.path}", "invalid_request_error"))
             return
