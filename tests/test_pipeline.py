@@ -131,3 +131,16 @@ def test_one_failing_instance_does_not_take_the_batch_down(tmp_path, monkeypatch
             stage(ctx, batch)
         stats = pipeline.assemble(ctx)
     assert (stats["rollout_one"], stats["rollout1_errors"], stats["records"]["t1"]) == (3, 1, 3)
+
+
+def test_text_mode_teacher_gives_the_same_dataset_shape(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        ctx.platform.model_servers["scripted"] = ctx.server.model_copy(update={"tool_calls": False})
+        stats = pipeline.run_all(ctx)
+    assert stats["verified"] == stats["records"]["t2"] == 4
+    record = json.loads((ctx.store.dataset_dir / "t2.jsonl").read_text().splitlines()[0])
+    assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+    assert all("<tool_call>" in content and "mswea_bash_command" not in content for content in assistant)
+    observations = [m["content"] for m in record["messages"][2:] if m["role"] == "user"]
+    assert observations and all(o.startswith("<tool_response>") for o in observations)
