@@ -9,10 +9,12 @@ if scripts/services.sh status >/dev/null 2>&1; then
   echo "[demo] using the running Docker engine and registry"
 elif [ "$(id -u)" = 0 ] && scripts/services.sh start; then
   started_services=1
+  echo "[demo] the Docker engine and registry started for the demo will be stopped when it ends"
 else
   echo "[demo] no Docker engine could be started: rollouts will run in the LOCAL sandbox (see README)"
 fi
-cleanup() { if [ "$started_services" = 1 ]; then scripts/services.sh stop || true; fi; }
+# Quiet, so that the demo's last line stays `dataset: <path>`.
+cleanup() { if [ "$started_services" = 1 ]; then scripts/services.sh stop >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
 if scripts/services.sh status >/dev/null 2>&1; then eval "$(scripts/services.sh env)"; fi
 export AIRFLOW_HOME="$ROOT/var/airflow"

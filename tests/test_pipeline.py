@@ -144,3 +144,15 @@ def test_text_mode_teacher_gives_the_same_dataset_shape(tmp_path):
     assert all("<tool_call>" in content and "mswea_bash_command" not in content for content in assistant)
     observations = [m["content"] for m in record["messages"][2:] if m["role"] == "user"]
     assert observations and all(o.startswith("<tool_response>") for o in observations)
+
+
+def test_patch_is_taken_from_the_work_tree_when_the_step_limit_cuts_the_episode(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        ctx.spec = ctx.spec.model_copy(update={"rollout": ctx.spec.rollout.model_copy(
+            update={"step_limit": 3, "max_attempts": 1})})  # locate, show, edit: no turn left to submit
+        (batch,) = prepare(ctx)
+        pipeline.rollout_one(ctx, batch)
+    finals = [json.loads(p.read_text())["final"] for p in ctx.store.run_dir.rglob("rollout1.json")]
+    assert {f["exit_status"] for f in finals} == {"LimitsExceeded"}
+    assert all(f["patch"].startswith("diff --git") and f["model_calls"] == 3 for f in finals)
