@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import tarfile
 from dataclasses import asdict, dataclass
@@ -161,7 +160,3 @@ def local_sandbox(repo: str, commit: str, snapshot_dir: Path) -> ImageRef:
                 "the snapshot on this machine, no isolation, install_cmds not run). Start an engine and set "
                 "DOCKER_HOST to use containers.", repo, commit[:12])
     return ImageRef(repo=repo, commit=commit, kind="local", workdir=str(snapshot_dir))
-
-
-def describe(ref: ImageRef) -> str:
-    return json.dumps(ref.to_dict(), sort_keys=True)

@@ -15,7 +15,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ class RepoSnapshot:
     repo: str
     commit: str
     workdir: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def git(*args: str, cwd: Path, input_bytes: bytes | None = None) -> bytes:
