@@ -2,7 +2,7 @@
 sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent and safe to retry or clear.
 
     select_commits ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
-        ─► per batch: rollout_one ─► synthesize ─► rollout_two ─► verify ─► assemble
+        ─► per batch: rollout_one ─► synthesize ─► rollout_two ─► verify ─► assemble ─► publish (dataset Asset)
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowSkipException
 
 from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos
 
@@ -39,6 +40,14 @@ def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:
         "threshold": Param(spec.verify.threshold, type="number", minimum=0, maximum=1,
                            description="Soft-verification threshold: 1 hard, 0<t<1 soft, 0 none."),
     }
+
+
+def dataset_asset(platform: PlatformConfig, spec: RepoSpec) -> Asset:
+    """The Asset a repository's `publish` task updates; training DAGs are scheduled on it."""
+    from sera_ops.store import RunStore
+
+    published = RunStore(platform.storage_root, spec.name, "any").published_dir
+    return Asset(name=f"sera_dataset__{spec.name}", uri=published.as_uri())
 
 
 def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
@@ -98,8 +107,15 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
             stats = pipeline.assemble(_context(platform, spec))
             return {key: stats[key] for key in ("instances", "judged_good", "verified", "records", "dataset_dir")}
 
+        @task(outlets=[dataset_asset(platform, spec)])
+        def publish(_: dict) -> dict:
+            pointer = pipeline.publish(_context(platform, spec))
+            if pointer is None:
+                raise AirflowSkipException("the run produced no records; nothing published")
+            return pointer
+
         batches = make_batches(sample_instances(per_commit.expand(commit=select_commits())))
-        assemble(per_batch.expand(batch_id=batches))
+        publish(assemble(per_batch.expand(batch_id=batches)))
 
     return repo_dag()
 

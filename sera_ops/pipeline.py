@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sera_ops import functions, images, prompts, sources, synth
+from sera_ops import dataset, functions, images, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, resolve_secret
-from sera_ops.postprocess import trajectory_to_record
 from sera_ops.rollouts import Rollout, run_episode
-from sera_ops.store import RunStore, atomic_write_jsonl, read_json
+from sera_ops.store import RunStore, read_json
 from sera_ops.teachers import TeacherClient
 from sera_ops.verify import verify
 
@@ -337,77 +336,19 @@ def verify_batch(ctx: RunContext, batch_id: str) -> dict:
 
 
 def assemble(ctx: RunContext) -> dict:
-    """t1.jsonl (judged-good rollout one), t2.jsonl (verified rollout two), stats.json; duplicates of a rollout-one
-    patch are dropped (first instance id wins), output order is by instance id."""
-    instances = sorted(ctx.store.read_json(ctx.store.path("instances.json"), []), key=lambda r: r["instance_id"])
-    options = ctx.spec.postprocess
-    counts: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
-    seen_patches: set[str] = set()
-    t1, t2, recalls = [], [], []
-    for record in instances:
-        iid = record["instance_id"]
-        counts["instances"] += 1
-        counts.update(f"{stage}_errors" for stage in ("rollout1", "synth", "rollout2")
-                      if ctx.store.instance_file(iid, f"{stage}.error.json").exists())
-        one = _rollout_one_result(ctx, iid)
-        if not one:
-            continue
-        final = Rollout.from_dict(one["final"])
-        counts["rollout_one"] += 1
-        counts["rollout_one_attempts"] += len(one["attempts"])
-        counts["rollout_one_submitted"] += final.submitted
-        for attempt in one["attempts"]:
-            tokens["prompt"] += attempt["rollout"]["prompt_tokens"]
-            tokens["completion"] += attempt["rollout"]["completion_tokens"]
-        if not one["is_good_patch"]:
-            continue
-        counts["judged_good"] += 1
-        if final.patch in seen_patches:
-            counts["duplicate_patches"] += 1
-            continue
-        seen_patches.add(final.patch)
-        rec = trajectory_to_record(read_json(ctx.store.instance_file(iid, final.trajectory_file)), iid, options)
-        if rec:
-            t1.append(rec)
-        synthesis = ctx.store.read_json(ctx.store.instance_file(iid, "synth.json"))
-        counts["synthetic_prs"] += bool(synthesis and synthesis["synth_pr"])
-        two = ctx.store.read_json(ctx.store.instance_file(iid, "rollout2.json"))
-        if not two:
-            continue
-        counts["rollout_two"] += 1
-        counts["rollout_two_submitted"] += Rollout.from_dict(two).submitted
-        tokens["prompt"] += two["prompt_tokens"]
-        tokens["completion"] += two["completion_tokens"]
-        verdict = ctx.store.read_json(ctx.store.instance_file(iid, "verdict.json"))
-        if verdict is None:
-            continue
-        recalls.append(verdict["recall"])
-        if not verdict["resolved"]:
-            continue
-        counts["verified"] += 1
-        rec = trajectory_to_record(read_json(ctx.store.instance_file(iid, "rollout2.traj.json")), iid, options)
-        if rec:
-            t2.append(rec)
-    out = ctx.store.dataset_dir
     ready, failed = ready_commits(ctx)
-    stats = {
+    header = {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "model_server": ctx.server_name,
-        "threshold": ctx.threshold, "format": options.format,
+        "threshold": ctx.threshold, "format": ctx.spec.postprocess.format,
         "commits": {"selected": len(ready) + len(failed), "ready": len(ready), "failed": failed},
         "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c)))[0])
                          for c in ready),
-        **{key: counts[key] for key in ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted",
-                                        "judged_good", "duplicate_patches", "synthetic_prs", "rollout_two",
-                                        "rollout_two_submitted", "verified", "rollout1_errors", "synth_errors",
-                                        "rollout2_errors")},
-        "mean_recall": round(sum(r for r in recalls if r is not None) / len(recalls), 4) if recalls else None,
-        "tokens": dict(tokens),
-        "records": {"t1": atomic_write_jsonl(out / "t1.jsonl", t1), "t2": atomic_write_jsonl(out / "t2.jsonl", t2)},
-        "dataset_dir": str(out),
     }
-    ctx.store.write_json(out / "stats.json", stats)
-    return stats
+    return dataset.assemble(ctx.store, ctx.spec.postprocess, header)
+
+
+def publish(ctx: RunContext) -> dict | None:
+    return dataset.publish(ctx.store)
 
 
 def run_all(ctx: RunContext) -> dict:
@@ -422,4 +363,6 @@ def run_all(ctx: RunContext) -> dict:
     for batch_id in make_batches(ctx):
         for stage in (rollout_one, synthesize, rollout_two, verify_batch):
             stage(ctx, batch_id)
-    return assemble(ctx)
+    stats = assemble(ctx)
+    publish(ctx)
+    return stats

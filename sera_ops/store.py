@@ -10,6 +10,7 @@ Layout (one directory per repository and DAG run; names are filesystem-safe vers
     <root>/<repo>/runs/<run>/instances/<id>/       rollout1.json, rollout1.traj.json, synth.json, rollout2.json,
                                                    rollout2.traj.json, verdict.json, <stage>.error.json
     <root>/<repo>/runs/<run>/dataset/              t1.jsonl, t2.jsonl, stats.json
+    <root>/<repo>/datasets/latest.json             the latest published dataset (and one pointer per run)
 
 A file's presence means its step is done, so a retried or cleared task redoes only what is missing.
 """
@@ -95,6 +96,15 @@ class RunStore:
     @property
     def dataset_dir(self) -> Path:
         return self.run_dir / "dataset"
+
+    @property
+    def published_dir(self) -> Path:
+        """One pointer file per published run, and `latest.json`: what training uses unless told otherwise."""
+        return self.repo_dir / "datasets"
+
+    @property
+    def latest_dataset(self) -> Path:
+        return self.published_dir / "latest.json"
 
     def write_json(self, path: Path, data: Any) -> None:
         atomic_write_json(path, data)

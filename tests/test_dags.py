@@ -49,7 +49,7 @@ def test_repo_dag_shape(bag):
     ids = set(dag.task_ids)
     assert {"select_commits", "per_commit.build_image", "per_commit.inventory", "sample_instances", "make_batches",
             "per_batch.rollout_one", "per_batch.synthesize", "per_batch.rollout_two", "per_batch.verify",
-            "assemble"} == ids
+            "assemble", "publish"} == ids
     assert dag.get_task("per_batch.synthesize").upstream_task_ids == {"per_batch.rollout_one"}
     assert dag.get_task("assemble").trigger_rule == "all_done"
     assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold"}

@@ -73,6 +73,13 @@ def test_counts_match_stats(run):
     assert stats["verified"] >= len(t2) and stats["judged_good"] >= len(t1)
 
 
+def test_publish_points_latest_at_this_run(run):
+    store = run["store"]
+    latest = json.loads(store.latest_dataset.read_text())
+    assert latest["run_id"] == run["dag_run"].run_id and latest["dataset_dir"] == str(store.dataset_dir)
+    assert latest["records"] == run["stats"]["records"]
+
+
 def test_every_t2_instance_meets_the_threshold(run):
     store, threshold = run["store"], run["stats"]["threshold"]
     for record in jsonl(store.dataset_dir / "t2.jsonl"):

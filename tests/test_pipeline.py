@@ -90,6 +90,7 @@ def test_judge_rejections_retry_with_new_templates_and_are_left_out(tmp_path):
         stats = pipeline.run_all(ctx)
     assert stats["judged_good"] == 0 and stats["rollout_one_attempts"] == 4 * 3
     assert stats["records"] == {"t1": 0, "t2": 0}
+    assert pipeline.publish(ctx) is None and not ctx.store.latest_dataset.exists()
     one = json.loads(next(ctx.store.run_dir.rglob("rollout1.json")).read_text())
     templates = [a["rollout"]["template_index"] for a in one["attempts"]]
     assert len(templates) == 3 and all(a["judgement"]["answer"] == "no" for a in one["attempts"])
