@@ -8,20 +8,17 @@ sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
+from airflow.sdk import Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
+from sera_airflow import START, connection_secret, dataset_asset, default_args
 
 from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos
 
 log = logging.getLogger(__name__)
-START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _context(platform: PlatformConfig, spec: RepoSpec):
-    from sera_airflow import connection_secret
-
     from sera_ops.pipeline import RunContext, RunParams
 
     context = get_current_context()
@@ -42,22 +39,11 @@ def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:
     }
 
 
-def dataset_asset(platform: PlatformConfig, spec: RepoSpec) -> Asset:
-    """The Asset a repository's `publish` task updates; training DAGs are scheduled on it."""
-    from sera_ops.store import RunStore
-
-    published = RunStore(platform.storage_root, spec.name, "any").published_dir
-    return Asset(name=f"sera_dataset__{spec.name}", uri=published.as_uri())
-
-
 def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
     from sera_ops import pipeline
 
-    default_args = {"owner": spec.owner, "retries": platform.defaults.retries,
-                    "retry_delay": timedelta(seconds=platform.defaults.retry_delay_s)}
-
     @dag(dag_id=spec.dag_id, schedule=spec.schedule, start_date=START, catchup=False, max_active_runs=1,
-         default_args=default_args, params=_params(platform, spec),
+         default_args=default_args(platform, spec.owner), params=_params(platform, spec),
          tags=sorted({*platform.defaults.tags, *spec.tags, "repo"}),
          description=spec.description or f"SERA data generation for {spec.source}",
          doc_md=f"SERA pipeline for **{spec.name}** (`{spec.source}`), configured in `{spec.source_file}`.")
@@ -126,7 +112,7 @@ def build_config_error_dag(error: ConfigError, platform: PlatformConfig):
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.lower())
 
     @dag(dag_id=f"sera__{safe}", schedule=None, start_date=START, catchup=False,
-         default_args={"owner": platform.defaults.owner, "retries": 0},
+         default_args=default_args(platform, platform.defaults.owner),
          tags=sorted({*platform.defaults.tags, "config-error"}),
          description=f"CONFIG ERROR: {error}", doc_md=f"**This repository file does not validate.**\n\n`{error}`")
     def broken_repo_dag():

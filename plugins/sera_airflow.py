@@ -9,8 +9,12 @@ registry password, a GitHub token). Connections can come from the metadata DB, a
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime, timedelta
 
 from airflow.plugins_manager import AirflowPlugin
+from airflow.sdk import Asset
+
+from sera_ops.config import PlatformConfig, RepoSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,23 @@ def connection_secret(conn_id: str) -> str | None:
     except AirflowNotFoundException:
         log.info("no Airflow connection '%s'; falling back to the environment variable, if configured", conn_id)
         return None
+
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def default_args(platform: PlatformConfig, owner: str | None) -> dict:
+    """Every task of every SERA DAG: an owner, and retries with the platform's delay."""
+    return {"owner": owner or platform.defaults.owner, "retries": max(1, platform.defaults.retries),
+            "retry_delay": timedelta(seconds=platform.defaults.retry_delay_s)}
+
+
+def dataset_asset(platform: PlatformConfig, spec: RepoSpec) -> Asset:
+    """The Asset a repository DAG's `publish` task updates; its training DAG is scheduled on it."""
+    from sera_ops.store import RunStore
+
+    published = RunStore(platform.storage_root, spec.name, "any").published_dir
+    return Asset(name=f"sera_dataset__{spec.name}", uri=published.as_uri())
 
 
 class SeraPlugin(AirflowPlugin):
