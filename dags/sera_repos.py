@@ -1,7 +1,8 @@
 """One DAG per repository file in config/repos/ (dag_id `sera__<name>`). Wiring only: each task is one call into
 sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent and safe to retry or clear.
 
-    select_commits ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
+    select_commits ─► mirror (to the GitHub organisation; skipped when not configured)
+                   ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
         ─► per batch: rollout_one ─► synthesize ─► rollout_two ─► verify ─► assemble ─► publish (dataset Asset)
 """
 
@@ -52,6 +53,13 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         def select_commits() -> list[str]:
             return pipeline.select_commits(_context(platform, spec))
 
+        @task
+        def mirror(commits: list[str]) -> dict:
+            result = pipeline.mirror(_context(platform, spec), commits)
+            if result is None:
+                raise AirflowSkipException("mirroring is off: platform.yaml has no 'github:' section")
+            return result
+
         @task_group
         def per_commit(commit: str):
             @task
@@ -100,7 +108,9 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
                 raise AirflowSkipException("the run produced no records; nothing published")
             return pointer
 
-        batches = make_batches(sample_instances(per_commit.expand(commit=select_commits())))
+        commits = select_commits()
+        mirror(commits)
+        batches = make_batches(sample_instances(per_commit.expand(commit=commits)))
         publish(assemble(per_batch.expand(batch_id=batches)))
 
     return repo_dag()

@@ -65,3 +65,29 @@ def run_dag_locally(dag_id: str, conf: dict | None = None):
         known = ", ".join(sorted(bag.dags)) or "none"
         raise KeyError(f"DAG '{dag_id}' not found (loaded: {known}; import errors: {bag.import_errors or 'none'})")
     return bag.dags[dag_id].test(run_conf=conf or {})
+
+
+def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | list[str]):
+    """The `train` task for the kubernetes backend: `python -m sera_ops.train <arguments>` in a pod that mounts the
+    storage root at the same path (so the job's paths hold) and asks for the configured CPU, memory and GPUs.
+    No secret is passed to the pod: training reads only the dataset and writes the model."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    settings = platform.training.kubernetes
+    limits = {"cpu": settings.cpu, "memory": settings.memory}
+    if settings.gpus:
+        limits["nvidia.com/gpu"] = str(settings.gpus)
+    volumes, mounts = [], []
+    if settings.storage_claim:
+        volumes.append(k8s.V1Volume(name="sera-store", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+            claim_name=settings.storage_claim)))
+        mounts.append(k8s.V1VolumeMount(name="sera-store", mount_path=str(platform.storage_root)))
+    return KubernetesPodOperator(
+        task_id="train", name=f"sera-train-{spec.name}", namespace=settings.namespace, image=settings.image,
+        cmds=["python", "-m", "sera_ops.train"], arguments=arguments, labels={"app": "sera-train", "repo": spec.name},
+        container_resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
+        volumes=volumes, volume_mounts=mounts, node_selector=settings.node_selector or None,
+        service_account_name=settings.service_account, startup_timeout_seconds=settings.startup_timeout_s,
+        env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, get_logs=True,
+        on_finish_action="delete_pod")

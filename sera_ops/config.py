@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sera_ops.postprocess import PostprocessOptions
+from sera_ops.train import TrainSettings
+from sera_ops.train_jobs import TrainingPlatformSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLATFORM_CONFIG_ENV = "SERA_PLATFORM_CONFIG"
@@ -97,6 +99,39 @@ class ImageSettings(_Strict):
     sandbox: Literal["auto", "docker", "local"] = "auto"
 
 
+class MirrorSettings(_Strict):
+    """Where repositories are mirrored (stage 1): a GitHub organisation, private by default."""
+
+    api_url: str = "https://api.github.com"
+    organisation: str = Field(min_length=1)
+    private: bool = True
+    token: SecretRef | None = SecretRef(env="GITHUB_TOKEN")
+    name_prefix: str = ""
+    disable_actions: bool = True
+    """Turn GitHub Actions off in newly created mirrors, so pushing history does not run the source's workflows."""
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http(s) URL such as https://api.github.com or https://ghe.example/api/v3")
+        return value.rstrip("/")
+
+    @field_validator("organisation")
+    @classmethod
+    def _github_login(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$", value):
+            raise ValueError("expected a GitHub organisation login: letters, digits and '-', at most 39 characters")
+        return value
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _name_characters(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._-]*$", value):
+            raise ValueError("a repository name prefix may contain only letters, digits, '.', '-' and '_'")
+        return value
+
+
 class PlatformDefaults(_Strict):
     model_server: str
     owner: str = "sera"
@@ -112,6 +147,8 @@ class PlatformConfig(_Strict):
     images: ImageSettings = ImageSettings()
     model_servers: dict[str, ModelServer] = Field(min_length=1)
     defaults: PlatformDefaults
+    training: TrainingPlatformSettings = TrainingPlatformSettings()
+    github: MirrorSettings | None = None
     source_file: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
@@ -189,6 +226,7 @@ class RepoSpec(_Strict):
     verify: VerifySettings = VerifySettings()
     postprocess: PostprocessOptions = PostprocessOptions()
     batching: BatchSettings = BatchSettings()
+    training: TrainSettings | None = None
     source_file: Path | None = Field(None, exclude=True)
 
     @field_validator("name")

@@ -90,6 +90,8 @@ class RunContext:
         values = [resolve_secret(server.api_key, self.connection_lookup)
                   for server in self.platform.model_servers.values()]
         values.append(self.registry_password())
+        if self.platform.github:
+            values.append(resolve_secret(self.platform.github.token, self.connection_lookup))
         return [value for value in values if value]
 
 
@@ -107,6 +109,23 @@ def select_commits(ctx: RunContext) -> list[str]:
         "repo_config": ctx.spec.model_dump(mode="json"), "repo_config_file": str(ctx.spec.source_file)})
     log.info("repo %s: %d commits selected: %s", ctx.spec.name, len(chosen), ", ".join(c[:12] for c in chosen))
     return chosen
+
+
+def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
+    """Stage 1: push the repository and the selected commits to the GitHub organisation (private by default).
+    None when the platform has no `github:` section. Commits that do not resolve are left to fail their own tasks."""
+    settings = ctx.platform.github
+    if settings is None:
+        log.info("mirroring is off: platform.yaml has no 'github:' section")
+        return None
+    from sera_ops import mirror as mirroring
+
+    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+    known = [commit for commit in commits if sources.resolve_commit(repo_path, commit)]
+    token = mirroring.resolve_token(settings, ctx.connection_lookup)
+    result = mirroring.mirror_repository(repo_path, ctx.spec.name, settings, token, known).to_dict()
+    ctx.store.write_json(ctx.store.path("mirror.json"), result)
+    return result
 
 
 def _snapshot(ctx: RunContext, commit: str) -> sources.RepoSnapshot:
@@ -353,7 +372,9 @@ def publish(ctx: RunContext) -> dict | None:
 
 def run_all(ctx: RunContext) -> dict:
     """The whole pipeline in one process, stage by stage (what the DAG does, without a scheduler)."""
-    for commit in select_commits(ctx):
+    commits = select_commits(ctx)
+    mirror(ctx, commits)
+    for commit in commits:
         try:
             build_image(ctx, commit)
             inventory(ctx, commit)

@@ -89,3 +89,12 @@ def prepare_job(storage_root: Path, repo: str, job_id: str, settings: dict, data
     atomic_write_json(Path(job.settings_file), settings)
     atomic_write_json(Path(job.job_file), job.to_dict())
     return job
+
+
+def run_locally(job: TrainJob) -> dict:
+    """The `local` backend: the same training code as the pod, in this process."""
+    from sera_ops.train import TrainSettings, run_sft
+
+    settings = TrainSettings.model_validate(read_json(Path(job.settings_file)))
+    result = run_sft([Path(f) for f in job.data_files], Path(job.output_dir), settings)
+    return asdict(result)

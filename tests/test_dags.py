@@ -47,9 +47,9 @@ def test_every_dag_has_owner_tags_and_retries(bag):
 def test_repo_dag_shape(bag):
     dag = bag.dags["sera__tinyledger"]
     ids = set(dag.task_ids)
-    assert {"select_commits", "per_commit.build_image", "per_commit.inventory", "sample_instances", "make_batches",
-            "per_batch.rollout_one", "per_batch.synthesize", "per_batch.rollout_two", "per_batch.verify",
-            "assemble", "publish"} == ids
+    assert {"select_commits", "mirror", "per_commit.build_image", "per_commit.inventory", "sample_instances",
+            "make_batches", "per_batch.rollout_one", "per_batch.synthesize", "per_batch.rollout_two",
+            "per_batch.verify", "assemble", "publish"} == ids
     assert dag.get_task("per_batch.synthesize").upstream_task_ids == {"per_batch.rollout_one"}
     assert dag.get_task("assemble").trigger_rule == "all_done"
     assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold"}
@@ -79,3 +79,51 @@ def test_bad_repo_file_shows_as_a_failing_dag_and_spares_the_others(tmp_path):
     broken = bag.dags["sera__bad"]
     assert "config-error" in broken.tags
     assert "bad.yaml: field 'verify.threshold'" in broken.description
+
+
+def test_training_dag_is_scheduled_on_the_dataset_asset(bag):
+    dag = bag.dags["sera_train__tinyledger"]
+    assert set(dag.task_ids) == {"prepare_job", "train"}
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["sera_dataset__tinyledger"]
+    publish = bag.dags["sera__tinyledger"].get_task("publish")
+    assert [outlet.name for outlet in publish.outlets] == ["sera_dataset__tinyledger"]
+
+
+class _JobXCom:
+    """What the training pod's templated arguments read: prepare_job's return value."""
+
+    def __init__(self, job: dict):
+        self.job = job
+
+    def xcom_pull(self, task_ids: str):
+        assert task_ids == "prepare_job"
+        return self.job
+
+
+def test_kubernetes_training_pod_spec(tmp_path):
+    import jinja2
+
+    platform = tmp_path / "platform.yaml"
+    platform.write_text((ROOT / "config" / "platform.yaml").read_text()
+                        .replace("repos_dir: repos", f"repos_dir: {ROOT / 'config' / 'repos'}")
+                        .replace("storage_root: ../var/store", f"storage_root: {tmp_path / 'store'}")
+                        + "training:\n  backend: kubernetes\n  kubernetes: {namespace: ml, "
+                          "image: reg.local/sera-train:1, gpus: 2, memory: 32Gi, storage_claim: sera-store, "
+                          "node_selector: {pool: gpu}}\n")
+    dag = load_bag(platform).dags["sera_train__tinyledger"]
+    pod_task = dag.get_task("train")
+    assert type(pod_task).__name__ == "KubernetesPodOperator" and pod_task.retries >= 1
+    arguments = ["--data", f"{tmp_path}/store/tinyledger/runs/r/dataset/t1.jsonl", "--out", "/m", "--settings", "/s"]
+    env = dag.get_template_env()
+    assert isinstance(env, jinja2.nativetypes.NativeEnvironment)
+    pod_task.render_template_fields({"ti": _JobXCom({"arguments": arguments})}, jinja_env=env)
+    pod = pod_task.build_pod_request_obj(dry_run=True)
+    container = pod.spec.containers[0]
+    assert pod.metadata.namespace == "ml" and container.image == "reg.local/sera-train:1"
+    assert container.command == ["python", "-m", "sera_ops.train"] and container.args == arguments
+    limits = {key: str(value) for key, value in container.resources.limits.items()}  # native templating: 8 or "8"
+    assert limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    assert [m.mount_path for m in container.volume_mounts] == [str(tmp_path / "store")]
+    assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "sera-store"
+    assert pod.spec.node_selector == {"pool": "gpu"}
+    assert {e.name for e in container.env} == {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}

@@ -12,11 +12,14 @@ import pytest
 from sera_ops.config import load_platform
 from sera_ops.store import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
+from sera_ops.testing.local_github import LocalGitHub
 from sera_ops.testing.sample_repo import build_sample_repo
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT, docker_engine_reachable
 
 SECRET = "sk-sera-e2e-5f1c9a77d02b4e6f"
+GITHUB_SECRET = "ghp_sera_e2e_9d3b71c04a5e"
+ORG = "sera-mirrors"
 BAD_COMMIT = "0000000bad"
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +32,16 @@ def run(tmp_path_factory, airflow_db):
                              check=True).stdout.split()
     use_docker = docker_engine_reachable()
     os.environ["SERA_SCRIPTED_API_KEY"] = SECRET
+    os.environ["SERA_E2E_GITHUB_TOKEN"] = GITHUB_SECRET
     config = ScriptedTeacherConfig(api_key=SECRET, rollout_two_modes={"full": 0.7, "partial": 0.3})
-    with ScriptedTeacher(config) as teacher:
+    github = LocalGitHub(work / "github", [ORG], GITHUB_SECRET)
+    with ScriptedTeacher(config) as teacher, github:
         platform_file = dry_run_platform(
             ROOT / "config" / "platform.yaml", work, teacher.url, storage_root=work / "store",
             overrides={"defaults": {"retries": 1, "retry_delay_s": 0},
-                       "images": {"sandbox": "docker" if use_docker else "local"}})
+                       "images": {"sandbox": "docker" if use_docker else "local"},
+                       "github": {"api_url": github.url, "organisation": ORG,
+                                  "token": {"connection": "github_default", "env": "SERA_E2E_GITHUB_TOKEN"}}})
         os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
         from sera_airflow import run_dag_locally
 
@@ -46,7 +53,9 @@ def run(tmp_path_factory, airflow_db):
     store = RunStore(platform.storage_root, "tinyledger", dag_run.run_id)
     stats = json.loads((store.dataset_dir / "stats.json").read_text())
     return {"dag_run": dag_run, "store": store, "stats": stats, "platform": platform, "docker": use_docker,
-            "history": history, "teacher": teacher_stats}
+            "history": history, "teacher": teacher_stats, "platform_file": platform_file,
+            "mirror": github.repo_path(ORG, "tinyledger"),
+            "github_metadata": github.repository_metadata(ORG, "tinyledger")}
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -105,6 +114,17 @@ def test_no_secret_in_any_output_file(run):
     assert len(files) > 20
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
+        assert GITHUB_SECRET.encode() not in path.read_bytes(), path
+
+
+def test_repository_is_mirrored_privately_with_the_selected_commits(run):
+    assert run["github_metadata"]["private"] is True
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)"], cwd=run["mirror"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert "refs/heads/main" in refs
+    assert {f"refs/sera/commits/{run['history'][0]}", f"refs/sera/commits/{run['history'][-1]}"} <= set(refs)
+    mirrored = json.loads(run["store"].path("mirror.json").read_text())
+    assert mirrored["full_name"] == f"{ORG}/tinyledger" and mirrored["private"]
 
 
 def test_images_are_pushed_to_the_registry(run):
@@ -116,3 +136,18 @@ def test_images_are_pushed_to_the_registry(run):
     assert {run["history"][0][:12], run["history"][-1][:12]} <= set(tags)
     image = json.loads(run["store"].path("images", f"{run['history'][0]}.json").read_text())
     assert image["kind"] == "docker" and image["digest"].startswith("sha256:")
+
+
+def test_training_dag_fine_tunes_on_the_published_dataset(run, monkeypatch):
+    monkeypatch.setenv("SERA_PLATFORM_CONFIG", str(run["platform_file"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from sera_airflow import run_dag_locally
+
+    training_run = run_dag_locally("sera_train__tinyledger", {"max_steps": 3})
+    assert str(training_run.state) == "success"
+    models = run["store"].repo_dir / "models"
+    (model_dir,) = list(models.iterdir())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["method"] == "lora" and metrics["examples"] > 0
+    job = json.loads(next((run["store"].repo_dir / "training").rglob("job.json")).read_text())
+    assert job["dataset_run_id"] == run["dag_run"].run_id
