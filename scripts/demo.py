@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +21,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from sera_ops.config import load_platform  # noqa: E402
 from sera_ops.store import RunStore  # noqa: E402
 from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
+from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 
 
@@ -30,8 +33,12 @@ def main() -> int:
     args = parser.parse_args()
 
     work = ROOT / "var" / "demo"
-    with ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))) as teacher:
-        platform_file = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher.url)
+    os.environ["SERA_DEMO_GITHUB_TOKEN"] = secrets.token_hex(16)  # this demo's local GitHub double only
+    with ExitStack() as services:
+        teacher = services.enter_context(ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))))
+        github = services.enter_context(LocalGitHub(work / "github", [DEMO_ORG], os.environ["SERA_DEMO_GITHUB_TOKEN"]))
+        platform_file = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher.url, overrides={
+            "github": {"api_url": github.url, "organisation": DEMO_ORG, "token": {"env": "SERA_DEMO_GITHUB_TOKEN"}}})
         os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True)
@@ -40,12 +47,31 @@ def main() -> int:
         started = time.monotonic()
         run = run_dag_locally(f"sera__{args.repo}")
         elapsed = time.monotonic() - started
+        training = run_dag_locally(f"sera_train__{args.repo}") if str(run.state) == "success" else None
     platform = load_platform(platform_file)
-    dataset = RunStore(platform.storage_root, args.repo, run.run_id).dataset_dir
-    stats = json.loads((dataset / "stats.json").read_text())
+    store = RunStore(platform.storage_root, args.repo, run.run_id)
+    stats = json.loads((store.dataset_dir / "stats.json").read_text())
     print(summary(stats, run.state, elapsed))
-    print(f"dataset: {dataset}")
-    return 0 if str(run.state) == "success" else 1
+    mirror = store.read_json(store.path("mirror.json"))
+    if mirror:
+        print(f"{'mirror':<13}  {mirror['full_name']} ({'private' if mirror['private'] else 'public'}) on the local "
+              f"GitHub double, {len(mirror['pushed'])} refs pushed")
+    if training is not None:
+        print(training_line(store, training))
+    print(f"dataset: {store.dataset_dir}")
+    return 0 if str(run.state) == "success" and (training is None or str(training.state) == "success") else 1
+
+
+def training_line(store: RunStore, training: object) -> str:
+    metrics = sorted((store.repo_dir / "models").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    if str(training.state) != "success" or not metrics:
+        return f"{'training':<13}  {training.state}"
+    result = json.loads(metrics[-1].read_text())
+    return (f"{'training':<13}  {result['method']} on {result['examples']} examples, {result['steps']} steps, loss "
+            f"{result['first_loss']:.3f} -> {result['last_loss']:.3f}, model: {metrics[-1].parent}")
+
+
+DEMO_ORG = "sera-demo"
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -65,8 +91,7 @@ def summary(stats: dict, state: object, elapsed: float) -> str:
                         f"(threshold {stats['threshold']}, mean recall {stats['mean_recall']})"),
         ("records", f"t1.jsonl {stats['records']['t1']}, t2.jsonl {stats['records']['t2']} ({stats['format']})"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    return "\n".join(f"{name:<13}  {value}" for name, value in rows)
 
 
 if __name__ == "__main__":
