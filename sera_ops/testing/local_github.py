@@ -26,11 +26,12 @@ import time
 import zlib
 from collections.abc import Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
+
+from sera_ops.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,6 @@ class RecordedRequest(NamedTuple):
     status: int
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    github: LocalGitHub
-
-
 def _git(*args: str, cwd: Path) -> str:
     result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=_git_env())
     if result.returncode != 0:
@@ -77,7 +72,7 @@ def _git_env(**extra: str) -> dict[str, str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: LoopbackHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "local-github-double"
 
@@ -127,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
     # REST ------------------------------------------------------------------------------------------------------------
 
     def _serve_rest(self, path: str, body: bytes) -> None:
-        github = self.server.github
+        github = self.server.double
         if not github.token_matches(_rest_token(self.headers.get("Authorization", ""))):
             self._send_json(HTTPStatus.UNAUTHORIZED, {"message": "Bad credentials", "documentation_url": DOCS_URL,
                                                       "status": "401"})
@@ -157,12 +152,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", payload["url"])
         self.end_headers()
         self.wfile.write(data)
-        self.server.github.record(self.command, self.path, status)
+        self.server.double.record(self.command, self.path, status)
 
     # git smart-HTTP --------------------------------------------------------------------------------------------------
 
     def _serve_git(self, org: str, name: str, rest: str, body: bytes) -> None:
-        github = self.server.github
+        github = self.server.double
         query = urlsplit(self.path).query
         pushing = rest.endswith("/" + _PUSH_SERVICE) or f"service={_PUSH_SERVICE}" in query
         user, password = _basic_credentials(self.headers.get("Authorization", ""))
@@ -209,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
         self.wfile.write(content)
-        self.server.github.record(self.command, self.path, status)
+        self.server.double.record(self.command, self.path, status)
 
     def _send_plain(self, status: HTTPStatus, text: str, headers: dict[str, str] | None = None) -> None:
         data = text.encode()
@@ -220,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
-        self.server.github.record(self.command, self.path, status)
+        self.server.double.record(self.command, self.path, status)
 
 
 def _rest_token(authorization: str) -> str | None:
@@ -254,8 +249,11 @@ def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-class LocalGitHub:
+class LocalGitHub(LoopbackServer):
     """A local GitHub double on loopback; use as a context manager or start()/stop(). State lives under `root`."""
+
+    handler = _Handler
+    name = "local GitHub double"
 
     def __init__(self, root: Path, organisations: Iterable[str], token: str, host: str = "127.0.0.1",
                  port: int = 0) -> None:
@@ -266,53 +264,17 @@ class LocalGitHub:
         for org in self.organisations:
             if not NAME_PATTERN.match(org):
                 raise ValueError(f"organisation name {org!r} is not a valid GitHub login")
-        self.host, self.port = host, port
+        super().__init__(host, port)
         self._token = token
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"LocalGitHub(root={str(self.root)!r}, organisations={self.organisations!r})"
 
-    def start(self) -> str:
-        """Create the organisation folders, bind and serve in a background thread; returns the API base URL."""
-        if self._server is not None:
-            raise RuntimeError("the local GitHub double is already running")
+    def _before_start(self) -> None:
         for org in self.organisations:
             (self.root / org).mkdir(parents=True, exist_ok=True)
-        self._server = _Server((self.host, self.port), _Handler)
-        self._server.github = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="local-github", daemon=True)
-        self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> LocalGitHub:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-                 ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        """The API base URL (also the prefix of clone URLs), e.g. http://127.0.0.1:18766."""
-        if self._server is None:
-            raise RuntimeError("the local GitHub double is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def requests(self) -> list[RecordedRequest]:

@@ -25,11 +25,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import MappingProxyType, TracebackType
+from http.server import BaseHTTPRequestHandler
+from types import MappingProxyType
 from typing import Any
 
 from sera_ops.prompts import JUDGE_SYSTEM, WRITER_SYSTEM, match_rollout_one
+from sera_ops.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
 MODES = ("full", "partial", "none")
 SUBMIT_MARKER = "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
@@ -461,21 +462,15 @@ def _error(status: HTTPStatus, message: str, kind: str, code: str | None = None)
     return status, {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    teacher: ScriptedTeacher
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: LoopbackHTTPServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
         """Quiet: requests are counted in `stats`; prompts may be large and are not echoed."""
 
     def do_GET(self) -> None:
-        teacher = self.server.teacher
+        teacher = self.server.double
         if self.path.rstrip("/") == "/health":
             self._send(HTTPStatus.OK, {"status": "ok"})
         elif self.path.rstrip("/") == "/v1/models":
@@ -502,11 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as error:
             self._send(*_error(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {error}", "invalid_request_error"))
             return
-        status, payload = self.server.teacher.answer(request)
+        status, payload = self.server.double.answer(request)
         self._send(status, payload)
 
     def _authorised(self) -> bool:
-        key = self.server.teacher.config.api_key
+        key = self.server.double.config.api_key
         if key is None or hmac.compare_digest(self.headers.get("Authorization", "").encode(), f"Bearer {key}".encode()):
             return True
         self._send(*_error(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.", "invalid_request_error",
@@ -527,55 +522,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up (e.g. timed out on a stall)
 
 
-class ScriptedTeacher:
+class ScriptedTeacher(LoopbackServer):
     """The scripted teacher served over HTTP on loopback; use as a context manager or start()/stop()."""
+
+    handler = _Handler
+    name = "scripted teacher"
 
     def __init__(self, config: ScriptedTeacherConfig | None = None) -> None:
         self.config = config or ScriptedTeacherConfig()
+        super().__init__(self.config.host, self.config.port)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._counts = dict.fromkeys(("agent", "judge", "writer", "errors", "stalls"), 0)
         self._requests = 0
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> str:
-        """Bind and serve in a background thread; returns the base URL (".../v1") for OpenAI clients."""
-        if self._server is not None:
-            raise RuntimeError("the scripted teacher is already running")
+    def _before_start(self) -> None:
         self._stopping.clear()
-        self._server = _Server((self.config.host, self.config.port), _Handler)
-        self._server.teacher = self
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="scripted-teacher", daemon=True)
-        self._thread.start()
-        return self.url
 
-    def stop(self) -> None:
-        """Stop serving; stalled requests are released at once."""
-        if self._server is None:
-            return
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> ScriptedTeacher:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-                 ) -> None:
-        self.stop()
+    def _before_stop(self) -> None:
+        self._stopping.set()  # stalled requests are released at once
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the scripted teacher is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        """The base URL for OpenAI clients: http://127.0.0.1:PORT/v1."""
+        return f"{self.address}/v1"
 
     @property
     def stats(self) -> dict[str, int]:
