@@ -14,7 +14,7 @@ from airflow.sdk import Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 from sera_airflow import START, connection_secret, dataset_asset, default_args
 
-from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos
+from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos, pool_name
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
             return pipeline.make_batches(_context(platform, spec))
 
         def batch_step(task_id: str, step):
-            @task(task_id=task_id)
+            uses_teacher = step is not pipeline.verify_batch
+
+            @task(task_id=task_id, pool=pool_name(spec.model_server) if uses_teacher else "default_pool")
             def run_step(batch_id: str) -> str:
                 step(_context(platform, spec), batch_id)
                 return batch_id

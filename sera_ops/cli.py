@@ -3,6 +3,7 @@
     sera validate                       every config file; exit 1 and one line per problem when any is bad
     sera run tinyledger --max-functions 4 --run-id try-1
     sera stats tinyledger try-1
+    sera pools --out pools.json && airflow pools import pools.json
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sera_ops.config import ConfigError, load_platform, load_repos
 from sera_ops.pipeline import RunContext, RunParams, run_all
-from sera_ops.store import RunStore
+from sera_ops.store import RunStore, atomic_write_text
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -56,6 +58,15 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pools(args: argparse.Namespace) -> int:
+    text = json.dumps(load_platform(args.platform).pools(), indent=2) + "\n"
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="sera", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     root.add_argument("--platform", help="platform.yaml (default: $SERA_PLATFORM_CONFIG or config/platform.yaml)")
@@ -69,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--model-server")
     run.add_argument("--threshold", type=float)
     run.set_defaults(func=_run)
+    pools = commands.add_parser("pools", help="Airflow pools for the model servers (for `airflow pools import`)")
+    pools.add_argument("--out", help="write to this file instead of stdout")
+    pools.set_defaults(func=_pools)
     stats = commands.add_parser("stats", help="print a run's stats.json")
     stats.add_argument("repo")
     stats.add_argument("run_id")

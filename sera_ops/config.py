@@ -53,6 +53,11 @@ class SecretRef(_Strict):
 SecretLookup = Callable[[str], "str | None"]
 
 
+def pool_name(server: str) -> str:
+    """The Airflow pool that throttles batch tasks of one model server."""
+    return f"sera_model_{server}"
+
+
 def resolve_secret(ref: SecretRef | None, connection_lookup: SecretLookup | None = None) -> str | None:
     """The secret's value: the connection first (when running under Airflow), then the environment variable."""
     if ref is None:
@@ -67,11 +72,15 @@ def resolve_secret(ref: SecretRef | None, connection_lookup: SecretLookup | None
 
 
 class ModelServer(_Strict):
-    """An OpenAI-compatible endpoint serving a teacher model (vLLM, SGLang, a hosted API, or the scripted teacher)."""
+    """An OpenAI-compatible endpoint serving a teacher model (vLLM, SGLang, a hosted API, or the scripted teacher).
+
+    At most `parallel_batches` batch tasks use it at once (its Airflow pool), each running `concurrency` episodes.
+    """
 
     base_url: str
     model: str
     concurrency: int = Field(4, ge=1, le=256)
+    parallel_batches: int = Field(2, ge=1, le=256)
     api_key: SecretRef | None = None
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0, le=20)
@@ -158,6 +167,12 @@ class PlatformConfig(_Strict):
                                 f"'{self.defaults.model_server}' is not one of model_servers "
                                 f"({', '.join(sorted(self.model_servers))})")
         return self
+
+    def pools(self) -> dict[str, dict]:
+        """One Airflow pool per model server, in the format of `airflow pools import`."""
+        return {pool_name(name): {"slots": server.parallel_batches, "include_deferred": False,
+                                  "description": f"SERA batch tasks talking to model server '{name}' ({server.model})"}
+                for name, server in sorted(self.model_servers.items())}
 
     def server(self, name: str) -> ModelServer:
         try:

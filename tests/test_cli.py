@@ -31,3 +31,12 @@ def test_run_then_stats(tmp_path, capsys):
     assert main(["--platform", str(platform), "stats", "tinyledger", "nope"]) == 2
     assert main(["--platform", str(platform), "run", "nope"]) == 2
     assert main(["--platform", str(platform), "run", "tinyledger", "--model-server", "ghost"]) == 2
+
+
+def test_pools_file_has_one_pool_per_model_server(tmp_path, capsys):
+    platform = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, "http://127.0.0.1:9/v1",
+                                overrides={"model_servers": {"big": {"base_url": "http://127.0.0.1:8/v1", "model": "m",
+                                                                     "parallel_batches": 6}}})
+    assert main(["--platform", str(platform), "pools", "--out", str(tmp_path / "pools.json")]) == 0
+    pools = json.loads((tmp_path / "pools.json").read_text())
+    assert {name: pool["slots"] for name, pool in pools.items()} == {"sera_model_scripted": 2, "sera_model_big": 6}

@@ -52,6 +52,8 @@ def test_repo_dag_shape(bag):
             "per_batch.verify", "assemble", "publish"} == ids
     assert dag.get_task("per_batch.synthesize").upstream_task_ids == {"per_batch.rollout_one"}
     assert dag.get_task("assemble").trigger_rule == "all_done"
+    assert dag.get_task("per_batch.rollout_one").pool == "sera_model_scripted"
+    assert dag.get_task("per_batch.verify").pool == "default_pool"
     assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold"}
 
 

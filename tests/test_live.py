@@ -89,6 +89,9 @@ def live(tmp_path_factory):
         }
         airflow = str(Path(sys.executable).parent / "airflow")
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+        pools = work / "pools.json"  # the batch tasks' pools must exist, or the scheduler never queues them
+        subprocess.run([sys.executable, "-m", "sera_ops.cli", "pools", "--out", str(pools)], env=env, check=True)
+        subprocess.run([airflow, "pools", "import", str(pools)], env=env, check=True, capture_output=True)
         processes = [subprocess.Popen([airflow, *args], env=env, stdout=(work / f"{args[0]}.log").open("w"),
                                       stderr=subprocess.STDOUT) for args in COMPONENTS]
         api = Api(f"http://127.0.0.1:{port}")
@@ -137,7 +140,7 @@ def test_rest_trigger_poll_and_clear(live):
     api.wait_for(lambda: api.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/assemble")[1]
                  ["try_number"] == 2 and api.run_state(run_id), 180, "the cleared tasks to run again")
     log = api.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/per_batch.rollout_one/0")[1]
-    assert log["state"] == "success" and log["try_number"] == 2
+    assert log["state"] == "success" and log["try_number"] == 2 and log["pool"] == "sera_model_scripted"
     logs = list((work / "airflow" / "logs").rglob("task_id=per_batch.rollout_one/map_index=0/attempt=2.log"))
     assert logs and "'already_done': 3, 'ran': 0" in logs[0].read_text()
     assert json.loads((dataset / "stats.json").read_text())["records"] == stats["records"]
