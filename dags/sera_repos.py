@@ -37,6 +37,9 @@ def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:
                               description="Teacher model server for all rollouts and LLM calls."),
         "threshold": Param(spec.verify.threshold, type="number", minimum=0, maximum=1,
                            description="Soft-verification threshold: 1 hard, 0<t<1 soft, 0 none."),
+        "incremental": Param(None, type=["null", "boolean"],
+                             description="Skip commits and functions earlier runs covered (default: on for "
+                                         "scheduled repositories)."),
     }
 
 

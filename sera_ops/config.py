@@ -224,6 +224,7 @@ class RepoSpec(_Strict):
     owner: str | None = None
     tags: list[str] = []
     schedule: str | None = None
+    incremental: bool | None = None
     commits: list[str] = []
     n_commits: int = Field(5, ge=1)
     lookback_days: int = Field(365, ge=1)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sera_ops import dataset, functions, images, prompts, sources, synth
+from sera_ops import dataset, functions, history, images, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, resolve_secret
 from sera_ops.rollouts import Rollout, run_episode
 from sera_ops.store import RunStore, read_json
@@ -39,12 +39,14 @@ class RunParams:
     max_functions: int | None = None
     model_server: str | None = None
     threshold: float | None = None
+    incremental: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RunParams:
         data = data or {}
         return cls(commits=list(data.get("commits") or []), max_functions=data.get("max_functions") or None,
-                   model_server=data.get("model_server") or None, threshold=data.get("threshold"))
+                   model_server=data.get("model_server") or None, threshold=data.get("threshold"),
+                   incremental=data.get("incremental"))
 
 
 @dataclass
@@ -76,6 +78,13 @@ class RunContext:
         return self.spec.verify.threshold if self.params.threshold is None else self.params.threshold
 
     @property
+    def incremental(self) -> bool:
+        """Skip what earlier runs covered: on by default for scheduled repositories (nightly refreshes)."""
+        if self.params.incremental is not None:
+            return self.params.incremental
+        return self.spec.incremental if self.spec.incremental is not None else self.spec.schedule is not None
+
+    @property
     def function_limit(self) -> int:
         return self.params.max_functions or self.spec.fns_per_repo
 
@@ -102,10 +111,18 @@ def select_commits(ctx: RunContext) -> list[str]:
     repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
     chosen = sources.select_commits(repo_path, ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
                                     ctx.spec.lookback_days)
-    ctx.store.write_json(ctx.store.path("commits.json"), {"source": ctx.spec.source, "commits": chosen})
+    skipped: list[str] = []
+    if ctx.incremental:
+        seen = history.seen_commits(ctx.store)
+        skipped = [c for c in chosen if c in seen]
+        chosen = [c for c in chosen if c not in seen]
+        log.info("repo %s: incremental run, %d commit(s) already covered by earlier runs", ctx.spec.name,
+                 len(skipped))
+    ctx.store.write_json(ctx.store.path("commits.json"), {"source": ctx.spec.source, "commits": chosen,
+                                                          "skipped_as_seen": skipped})
     ctx.store.write_json(ctx.store.path("manifest.json"), {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "params": asdict(ctx.params),
-        "model_server": ctx.server_name, "threshold": ctx.threshold,
+        "model_server": ctx.server_name, "threshold": ctx.threshold, "incremental": ctx.incremental,
         "repo_config": ctx.spec.model_dump(mode="json"), "repo_config_file": str(ctx.spec.source_file)})
     log.info("repo %s: %d commits selected: %s", ctx.spec.name, len(chosen), ", ".join(c[:12] for c in chosen))
     return chosen
@@ -182,13 +199,24 @@ def sample(ctx: RunContext) -> int:
     if failed:
         log.warning("repo %s: skipping %d commit(s) without image or inventory: %s", ctx.spec.name, len(failed),
                     ", ".join(c[:12] for c in failed))
-    if not ready:
+    if failed and not ready:
         raise RuntimeError(f"repo {ctx.spec.name}: no commit has both an image and a function inventory; see the "
                            "failed build_image/inventory tasks")
-    by_commit = {c: functions.inventory_from_json(read_json(ctx.store.inventory_path(c)))[0] for c in ready}
+    seen = history.seen_functions(ctx.store) if ctx.incremental else set()
+    by_commit, prints = {}, {}
+    for commit in ready:
+        snapshot = ctx.store.snapshot_dir(commit)
+        found = functions.inventory_from_json(read_json(ctx.store.inventory_path(commit)))[0]
+        keyed = {(commit, f.key): history.fingerprint(snapshot, f) for f in found}
+        by_commit[commit] = [f for f in found if keyed[(commit, f.key)] not in seen]
+        prints.update(keyed)
     chosen = functions.sample_instances(ctx.spec.name, by_commit, ctx.function_limit, ctx.spec.insts_per_fn,
                                         ctx.spec.seed)
+    ctx.store.write_json(ctx.store.path(history.FINGERPRINTS),
+                         {i.instance_id: prints[(i.commit, f"{i.start_fn_file}::{i.start_fn}")] for i in chosen})
     ctx.store.write_json(ctx.store.path("instances.json"), [i.to_dict() for i in chosen])
+    if not chosen:
+        log.info("repo %s: nothing new to roll out", ctx.spec.name)
     return len(chosen)
 
 

@@ -54,7 +54,7 @@ def test_repo_dag_shape(bag):
     assert dag.get_task("assemble").trigger_rule == "all_done"
     assert dag.get_task("per_batch.rollout_one").pool == "sera_model_scripted"
     assert dag.get_task("per_batch.verify").pool == "default_pool"
-    assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold"}
+    assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold", "incremental"}
 
 
 def test_params_are_validated(bag):

@@ -47,15 +47,14 @@ def run(tmp_path_factory, airflow_db):
 
         conf = {"commits": [history[0], history[-1], BAD_COMMIT], "max_functions": 6}
         dag_run = run_dag_locally("sera__tinyledger", conf)
-        teacher_stats = teacher.stats
+        platform = load_platform(platform_file)
+        store = RunStore(platform.storage_root, "tinyledger", dag_run.run_id)
+        stats = json.loads((store.dataset_dir / "stats.json").read_text())
+        yield {"dag_run": dag_run, "store": store, "stats": stats, "platform": platform, "docker": use_docker,
+               "history": history, "teacher": teacher.stats, "platform_file": platform_file,
+               "mirror": github.repo_path(ORG, "tinyledger"),
+               "github_metadata": github.repository_metadata(ORG, "tinyledger")}
     os.environ.pop("SERA_PLATFORM_CONFIG")
-    platform = load_platform(platform_file)
-    store = RunStore(platform.storage_root, "tinyledger", dag_run.run_id)
-    stats = json.loads((store.dataset_dir / "stats.json").read_text())
-    return {"dag_run": dag_run, "store": store, "stats": stats, "platform": platform, "docker": use_docker,
-            "history": history, "teacher": teacher_stats, "platform_file": platform_file,
-            "mirror": github.repo_path(ORG, "tinyledger"),
-            "github_metadata": github.repository_metadata(ORG, "tinyledger")}
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -139,7 +138,6 @@ def test_images_are_pushed_to_the_registry(run):
 
 
 def test_training_dag_fine_tunes_on_the_published_dataset(run, monkeypatch):
-    monkeypatch.setenv("SERA_PLATFORM_CONFIG", str(run["platform_file"]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from sera_airflow import run_dag_locally
 
@@ -151,3 +149,18 @@ def test_training_dag_fine_tunes_on_the_published_dataset(run, monkeypatch):
     assert metrics["steps"] == 3 and metrics["method"] == "lora" and metrics["examples"] > 0
     job = json.loads(next((run["store"].repo_dir / "training").rglob("job.json")).read_text())
     assert job["dataset_run_id"] == run["dag_run"].run_id
+
+
+def test_an_incremental_rerun_with_nothing_new_succeeds_and_publishes_nothing(run):
+    from sera_airflow import run_dag_locally
+
+    conf = {"commits": [run["history"][0], run["history"][-1]], "incremental": True}
+    rerun = run_dag_locally("sera__tinyledger", conf)
+    assert str(rerun.state) == "success"
+    states = {ti.task_id: str(ti.state) for ti in rerun.get_task_instances() if ti.map_index in (-1, 0)}
+    assert states["assemble"] == "success" and states["publish"] == "skipped"
+    stats = json.loads(RunStore(run["platform"].storage_root, "tinyledger", rerun.run_id).dataset_dir
+                       .joinpath("stats.json").read_text())
+    assert stats["instances"] == 0 and stats["commits"]["selected"] == 0
+    latest = json.loads(run["store"].latest_dataset.read_text())
+    assert latest["run_id"] == run["dag_run"].run_id  # the empty run did not replace the published dataset

@@ -157,3 +157,27 @@ def test_patch_is_taken_from_the_work_tree_when_the_step_limit_cuts_the_episode(
     finals = [json.loads(p.read_text())["final"] for p in ctx.store.run_dir.rglob("rollout1.json")]
     assert {f["exit_status"] for f in finals} == {"LimitsExceeded"}
     assert all(f["patch"].startswith("diff --git") and f["model_calls"] == 3 for f in finals)
+
+
+def test_incremental_runs_skip_what_earlier_runs_covered(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        first = make_context(tmp_path, teacher.url, "nightly-1")
+        first.params = RunParams(max_functions=4, incremental=True)
+        (batch,) = prepare(first)
+        pipeline.rollout_one(first, batch)  # rolled out, but never assembled: its commits are not "seen" yet
+
+        second = make_context(tmp_path, teacher.url, "nightly-2")
+        second.params = RunParams(max_functions=4, incremental=True)
+        stats = pipeline.run_all(second)
+        assert stats["commits"]["ready"] == 2 and stats["instances"] == 4
+        fingerprints = [json.loads(c.store.path("fingerprints.json").read_text()) for c in (first, second)]
+        assert not set(fingerprints[0].values()) & set(fingerprints[1].values())
+
+        third = make_context(tmp_path, teacher.url, "nightly-3")
+        third.params = RunParams(max_functions=4, incremental=True)
+        stats = pipeline.run_all(third)  # both commits were assembled by the second run
+        assert stats["commits"]["selected"] == 0 and stats["instances"] == 0
+        assert json.loads(third.store.path("commits.json").read_text())["skipped_as_seen"]
+
+        again = make_context(tmp_path, teacher.url, "manual-4")  # not incremental: everything is fair game
+        assert pipeline.run_all(again)["instances"] == 4
