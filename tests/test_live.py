@@ -144,3 +144,7 @@ def test_rest_trigger_poll_and_clear(live):
     logs = list((work / "airflow" / "logs").rglob("task_id=per_batch.rollout_one/map_index=0/attempt=2.log"))
     assert logs and "'already_done': 3, 'ran': 0" in logs[0].read_text()
     assert json.loads((dataset / "stats.json").read_text())["records"] == stats["records"]
+
+    with urllib.request.urlopen(f"{api.base}/sera/tinyledger/{dataset.parent.name}", timeout=30) as response:
+        page = response.read().decode()
+    assert response.status == 200 and "tinyledger" in page and "recall" in page.lower()

@@ -1,0 +1,239 @@
+"""The SERA dataset viewer: a read-only look into the run store from the Airflow UI (Browse → SERA datasets).
+
+Plain server-side HTML from the run store (`sera_ops.runs`): the runs of every repository with their counts, a run's
+statistics and per-instance progress, and one instance's task, patches, synthetic PR, verdict and both trajectories.
+Trajectories hold whatever the model and the repository printed, so every value is HTML-escaped, and names from the
+URL go through `sera_ops.runs`' checks (anything else is a 404). The storage root is read from the platform config on
+every request, so `SERA_PLATFORM_CONFIG` and config edits apply without a restart.
+
+Airflow does not authenticate plugin apps; this one asks for the same login as Airflow's own API (a bearer token, or
+the UI's session cookie, which the embedded page sends along).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from sera_ops import runs
+from sera_ops.config import load_platform
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def airflow_login(request: Request,
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """401/403 unless the caller is logged in to Airflow. Airflow's auth stack is imported here, not at module import:
+    every Airflow component loads plugins, only the API server serves them."""
+    from airflow.api_fastapi.core_api.security import get_user
+
+    await get_user(request, None, credentials)
+
+
+app = FastAPI(title="SERA datasets", docs_url=None, redoc_url=None, openapi_url=None,
+              dependencies=[Depends(airflow_login)])
+
+
+def storage_root() -> Path:
+    return load_platform().storage_root
+
+
+@app.exception_handler(runs.NotFound)
+async def not_found(request: Request, exc: runs.NotFound) -> HTMLResponse:
+    return _page(request, "Not found", [], f"<p>{_e(exc)}</p>", status_code=404)
+
+
+INDEX_COUNTS = {"instances": ("instances",), "judged good": ("judged_good",), "verified": ("verified",),
+                "t1 records": ("records", "t1"), "t2 records": ("records", "t2")}
+
+
+@app.get("/", response_class=HTMLResponse)
+def index(request: Request) -> HTMLResponse:
+    root = storage_root()
+    sections = []
+    for repo in runs.list_repos(root):
+        rows = [[_link(_url(request, repo, s.run_id), s.run_id) + (" " + _badge("latest") if s.is_latest else ""),
+                 _e(s.modified.strftime("%Y-%m-%d %H:%M UTC")),
+                 _e("assembled" if s.stats else "in progress"),
+                 *(_cell(_stat(s.stats, *key)) for key in INDEX_COUNTS.values())]
+                for s in runs.list_runs(root, repo)]
+        sections.append(f'<h2 id="{_e(repo)}">{_e(repo)}</h2>'
+                        + _table(["run", "modified", "state", *INDEX_COUNTS], rows))
+    body = "".join(sections) or f"<p>No runs under <code>{_e(root)}</code> yet.</p>"
+    return _page(request, "SERA datasets", [], body)
+
+
+@app.get("/api/{repo}/{run}/stats")
+def stats_json(repo: str, run: str) -> JSONResponse:
+    detail = runs.run_detail(storage_root(), repo, run)
+    if detail.stats is None:
+        raise runs.NotFound(f"run {run} has no statistics yet (not assembled)")
+    return JSONResponse(detail.stats)
+
+
+@app.get("/{repo}/{run}", response_class=HTMLResponse)
+def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
+    detail = runs.run_detail(storage_root(), repo, run)
+    stats = (_key_values(_flatten(detail.stats)) + f'<p>{_link(_url(request, "api", repo, run, "stats"), "JSON")}</p>'
+             if detail.stats else "<p>Not assembled yet: the statistics appear when the run's dataset is built.</p>")
+    rows = [[_link(_url(request, repo, run, i.instance_id), i.instance_id), _e(i.start_fn),
+             _e(i.start_fn_file), f"<code>{_e((i.commit or '')[:12])}</code>",
+             _cell(i.rollout1_exit_status), _cell(i.rollout1_attempts), _cell(i.judged_good), _cell(i.synthetic_pr),
+             _cell(i.rollout2_exit_status), _cell(i.recall), _cell(i.resolved), _errors(i.errors)]
+            for i in detail.instances]
+    instances = _table(["instance", "start function", "file", "commit", "rollout one", "attempts", "judged good",
+                        "synthetic PR", "rollout two", "recall", "resolved", "errors"], rows)
+    manifest = (f"<details><summary>manifest.json</summary><pre>{_e(json.dumps(detail.manifest, indent=2))}</pre>"
+                "</details>" if detail.manifest else "")
+    body = f"<h2>Statistics</h2>{stats}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
+    return _page(request, f"{repo} / {run}", [(repo, _url(request) + f"#{quote(repo)}")], body,
+                 badge="latest" if detail.is_latest else None)
+
+
+@app.get("/{repo}/{run}/{instance_id}", response_class=HTMLResponse)
+def instance_page(request: Request, repo: str, run: str, instance_id: str) -> HTMLResponse:
+    detail = runs.instance_detail(storage_root(), repo, run, instance_id)
+    s = detail.status
+    status = _key_values([
+        ("start function", s.start_fn), ("file", s.start_fn_file), ("commit", s.commit),
+        ("rollout one", s.rollout1_exit_status), ("attempts", s.rollout1_attempts), ("judged good", s.judged_good),
+        ("synthetic PR", s.synthetic_pr), ("rollout two", s.rollout2_exit_status), ("recall", s.recall),
+        ("resolved", s.resolved)])
+    errors = "".join(f"<h3>{_e(stage)} failed</h3><pre>{_e(message)}</pre>" for stage, message in s.errors.items())
+    verdict = _key_values(detail.verdict.items()) if detail.verdict else _missing()
+    body = (f"{status}{errors}"
+            f"<h2>Rollout one: task</h2>{_pre(detail.task)}"
+            f"<h2>Rollout one: patch (P1)</h2>{_pre(detail.patch_one)}"
+            f"<h2>Synthetic PR</h2>{_pre(detail.synthetic_pr)}"
+            f"<h2>Rollout two: patch (P2)</h2>{_pre(detail.patch_two)}"
+            f"<h2>Verdict</h2>{verdict}"
+            f"<h2>Rollout one: trajectory</h2>{_trajectory(detail.trajectory_one)}"
+            f"<h2>Rollout two: trajectory</h2>{_trajectory(detail.trajectory_two)}")
+    crumbs = [(repo, _url(request) + f"#{quote(repo)}"), (run, _url(request, repo, run))]
+    return _page(request, instance_id, crumbs, body)
+
+
+class SeraViewerPlugin(AirflowPlugin):
+    name = "sera_viewer"
+    fastapi_apps = [{"app": app, "url_prefix": "/sera", "name": "SERA datasets"}]
+    # Shown in the UI's Browse menu, embedded in an iframe; relative so it follows the UI's base URL.
+    external_views = [{"name": "SERA datasets", "href": "sera/", "url_route": "sera-datasets",
+                       "destination": "nav", "category": "browse"}]
+
+
+# ---------------------------------------------------------------- HTML (every dynamic value goes through _e)
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5rem; color: #1f2328; }
+nav { margin-bottom: .5rem; color: #59636e; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #d1d9e0; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; white-space: pre-wrap; word-break: break-word; }
+details { border: 1px solid #d1d9e0; border-radius: 4px; margin: .3rem 0; padding: .2rem .6rem; }
+summary { cursor: pointer; }
+.badge { background: #1a7f37; color: #fff; border-radius: 8px; padding: 0 .45rem; font-size: 12px; }
+.missing { color: #59636e; font-style: italic; }
+.error { color: #cf222e; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _url(request: Request, *names: str) -> str:
+    """An absolute path inside this app, wherever Airflow mounted it (root_path carries the prefix)."""
+    return request.scope.get("root_path", "").rstrip("/") + "/" + "/".join(quote(name, safe="") for name in names)
+
+
+def _link(href: str, text: Any) -> str:
+    return f'<a href="{_e(href)}">{_e(text)}</a>'
+
+
+def _badge(text: str) -> str:
+    return f'<span class="badge">{_e(text)}</span>'
+
+
+def _missing() -> str:
+    return '<span class="missing">—</span>'
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return _missing()
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, list):
+        return _e(", ".join(map(str, value))) if value else _missing()
+    return _e(value)
+
+
+def _pre(text: str | None) -> str:
+    return f"<pre>{_e(text)}</pre>" if text else f"<p>{_missing()}</p>"
+
+
+def _table(headers: Iterable[str], rows: list[list[str]]) -> str:
+    """`rows` hold cells that are already HTML (built with _e/_cell/_link)."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{_e(key)}</th><td>{_cell(value)}</td></tr>" for key, value in pairs)
+    return f"<table>{rows}</table>"
+
+
+def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """stats.json's nested counts ({"records": {"t1": 2}}) as dotted keys ("records.t1")."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _stat(stats: dict | None, *keys: str) -> Any:
+    value: Any = stats
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _errors(errors: dict[str, str]) -> str:
+    return "<br>".join(f'<span class="error" title="{_e(message)}">{_e(stage)}</span>'
+                       for stage, message in errors.items()) or ""
+
+
+def _trajectory(messages: list[runs.Message] | None) -> str:
+    if messages is None:
+        return f"<p>{_missing()}</p>"
+    items = []
+    for number, message in enumerate(messages, 1):
+        preview = message.content.strip().splitlines()[0][:100] if message.content.strip() else ""
+        calls = "".join(f"<pre>{_e(call)}</pre>" for call in message.tool_calls)
+        items.append(f"<details><summary>#{number} <b>{_e(message.role)}</b> {_e(preview)}</summary>"
+                     f"<pre>{_e(message.content)}</pre>{calls}</details>")
+    return f"<p>{len(messages)} messages</p>" + "".join(items)
+
+
+def _page(request: Request, title: str, crumbs: list[tuple[str, str]], body: str, *, badge: str | None = None,
+          status_code: int = 200) -> HTMLResponse:
+    """A whole page: breadcrumbs (text, href) back to the index, the title, and `body` (already HTML)."""
+    nav = " / ".join([_link(_url(request), "SERA datasets")] + [_link(href, text) for text, href in crumbs])
+    heading = _e(title) + (" " + _badge(badge) if badge else "")
+    return HTMLResponse(
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{STYLE}</style>'
+        f"</head><body><nav>{nav}</nav><h1>{heading}</h1>{body}</body></html>", status_code=status_code)

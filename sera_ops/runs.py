@@ -1,0 +1,252 @@
+"""Read-only views of the run store for people: which runs exist, how far each instance got, and what the agents did.
+
+The dataset viewer (plugins/sera_viewer.py) serves these over HTTP, so every name here may come from a URL: it is
+checked against the store's own naming (what `store.safe_name` produces) and the resolved path must stay under the
+storage root, else `NotFound` (a LookupError). Files that a stage has not written (yet) read as None; nothing here
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sera_ops.store import RunStore, safe_name
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_ATTEMPT_TRAJECTORY = re.compile(r"rollout1\.a(\d+)\.traj\.json")
+STAGES = ("rollout1", "synth", "rollout2")
+
+
+class NotFound(LookupError):
+    """An invalid name, or one the store does not hold (a 404 to the viewer). Its own class, so that a KeyError
+    from a bug is not mistaken for it."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    repo: str
+    run_id: str  # the run's directory name (the filesystem-safe form of the Airflow run id)
+    stats: dict | None  # dataset/stats.json; None until `assemble` ran
+    is_latest: bool  # what <repo>/datasets/latest.json points at
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    """How far one instance got: one row of a run's table."""
+
+    instance_id: str
+    start_fn: str | None
+    start_fn_file: str | None
+    commit: str | None
+    rollout1_exit_status: str | None
+    rollout1_attempts: int | None
+    judged_good: bool | None
+    synthetic_pr: bool
+    rollout2_exit_status: str | None
+    recall: float | None
+    resolved: bool | None
+    errors: dict[str, str] = field(default_factory=dict)  # stage -> "ExceptionType: message"
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    repo: str
+    run_id: str
+    stats: dict | None
+    manifest: dict | None
+    is_latest: bool
+    instances: list[InstanceStatus]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One trajectory message without mini-swe-agent's `extra` (usage, raw output): what the model saw and said."""
+
+    role: str
+    content: str
+    tool_calls: list[str] = field(default_factory=list)  # "bash: <command>" for each call the assistant made
+
+
+@dataclass(frozen=True)
+class InstanceDetail:
+    repo: str
+    run_id: str
+    status: InstanceStatus
+    task: str | None  # rollout one's (vague) task text
+    patch_one: str | None
+    synthetic_pr: str | None
+    patch_two: str | None
+    verdict: dict | None
+    trajectory_one: list[Message] | None  # the final rollout-one attempt
+    trajectory_two: list[Message] | None
+
+
+def list_repos(root: Path) -> list[str]:
+    """Repositories that have at least one run directory."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    repos = []
+    for candidate in root.iterdir():
+        try:
+            _checked(root, candidate.name, "runs")
+        except NotFound:
+            continue
+        repos.append(candidate.name)
+    return sorted(repos)
+
+
+def list_runs(root: Path, repo: str) -> list[RunSummary]:
+    """A repository's runs, newest first."""
+    runs_dir = _checked(Path(root), repo, "runs")
+    latest = _latest_run(Path(root), repo)
+    summaries = [
+        RunSummary(repo=repo, run_id=run_dir.name, stats=_read(run_dir / "dataset" / "stats.json"),
+                   is_latest=run_dir.name == latest, modified=_modified(run_dir))
+        for run_dir in runs_dir.iterdir() if run_dir.is_dir() and _is_name(run_dir.name)
+    ]
+    return sorted(summaries, key=lambda s: (s.modified, s.run_id), reverse=True)
+
+
+def run_detail(root: Path, repo: str, run: str) -> RunDetail:
+    run_dir = _checked(Path(root), repo, "runs", run)
+    instances = _read(run_dir / "instances.json") or []
+    return RunDetail(repo=repo, run_id=run, stats=_read(run_dir / "dataset" / "stats.json"),
+                     manifest=_read(run_dir / "manifest.json"), is_latest=run == _latest_run(Path(root), repo),
+                     instances=sorted((_status(run_dir / "instances", r) for r in instances),
+                                      key=lambda s: s.instance_id))
+
+
+def instance_detail(root: Path, repo: str, run: str, instance_id: str) -> InstanceDetail:
+    run_dir = _checked(Path(root), repo, "runs", run)
+    if not _is_name(instance_id):
+        raise NotFound(f"invalid instance id {instance_id!r}")
+    records = {r["instance_id"]: r for r in _read(run_dir / "instances.json") or []}
+    if instance_id not in records:
+        _checked(Path(root), repo, "runs", run, "instances", instance_id)  # a directory without a sampled record
+    instance_dir = run_dir / "instances" / instance_id
+    status = _status(run_dir / "instances", records.get(instance_id, {"instance_id": instance_id}))
+    one = _read(instance_dir / "rollout1.json") or {}
+    final = one.get("final") or {}
+    two = _read(instance_dir / "rollout2.json") or {}
+    synth = _read(instance_dir / "synth.json") or {}
+    trajectory_two = _read(instance_dir / "rollout2.traj.json")
+    return InstanceDetail(
+        repo=repo, run_id=run, status=status, task=final.get("task"), patch_one=final.get("patch"),
+        synthetic_pr=synth.get("synth_pr"), patch_two=two.get("patch"), verdict=_read(instance_dir / "verdict.json"),
+        trajectory_one=_messages(_read_trajectory_one(instance_dir, final.get("trajectory_file"))),
+        trajectory_two=_messages(trajectory_two))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_name(value: str) -> bool:
+    """The store's own names (see `safe_name`): never empty, never hidden or temporary files, never `..`."""
+    return bool(_NAME.fullmatch(value)) and not value.startswith(".") and ".." not in value
+
+
+def _checked(root: Path, *names: str) -> Path:
+    """root/names..., an existing directory inside root, or NotFound: these names arrive from URLs."""
+    if not all(_is_name(name) for name in names):
+        raise NotFound(f"invalid name in {names!r}")
+    path = root.joinpath(*names)
+    resolved, base = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(base) or resolved == base or not resolved.is_dir():
+        raise NotFound(f"no such entry: {'/'.join(names)}")
+    return path
+
+
+def _read(path: Path) -> Any:
+    """A JSON file, or None when it is missing or unreadable: a viewer shows what exists."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+
+
+def _modified(run_dir: Path) -> datetime:
+    """Directories change when stages add files to them; the newest of the run's main ones dates the run."""
+    candidates = (run_dir, run_dir / "instances", run_dir / "dataset")
+    return datetime.fromtimestamp(max(p.stat().st_mtime for p in candidates if p.exists()), tz=UTC)
+
+
+def _latest_run(root: Path, repo: str) -> str | None:
+    pointer = _read(root / repo / "datasets" / "latest.json")
+    if not isinstance(pointer, dict) or not pointer.get("run_id"):
+        return None
+    return RunStore(root, repo, pointer["run_id"]).run_dir.name
+
+
+def _status(instances_dir: Path, record: dict) -> InstanceStatus:
+    instance_id = record["instance_id"]
+    instance_dir = instances_dir / safe_name(instance_id)
+    one = _read(instance_dir / "rollout1.json")
+    two = _read(instance_dir / "rollout2.json")
+    synth = _read(instance_dir / "synth.json")
+    verdict = _read(instance_dir / "verdict.json") or {}
+    errors = {}
+    for stage in STAGES:
+        error = _read(instance_dir / f"{stage}.error.json")
+        if error is not None:
+            errors[stage] = str(error.get("error", error)) if isinstance(error, dict) else str(error)
+    return InstanceStatus(
+        instance_id=instance_id, start_fn=record.get("start_fn"), start_fn_file=record.get("start_fn_file"),
+        commit=record.get("commit"),
+        rollout1_exit_status=(one.get("final") or {}).get("exit_status") if one else None,
+        rollout1_attempts=len(one.get("attempts") or []) if one else None,
+        judged_good=one.get("is_good_patch") if one else None,
+        synthetic_pr=bool(synth and synth.get("synth_pr")),
+        rollout2_exit_status=two.get("exit_status") if two else None,
+        recall=verdict.get("recall"), resolved=verdict.get("resolved"), errors=errors)
+
+
+def _read_trajectory_one(instance_dir: Path, trajectory_file: str | None) -> Any:
+    """The final attempt's trajectory; without rollout1.json (a failed stage) the last attempt that left one."""
+    if trajectory_file and _is_name(trajectory_file):
+        return _read(instance_dir / trajectory_file)
+    attempts = sorted((int(m.group(1)), p) for p in instance_dir.glob("rollout1.a*.traj.json")
+                      if (m := _ATTEMPT_TRAJECTORY.fullmatch(p.name)))
+    return _read(attempts[-1][1]) if attempts else None
+
+
+def _messages(trajectory: Any) -> list[Message] | None:
+    if not isinstance(trajectory, dict):
+        return None
+    return [Message(role=str(m.get("role", "")), content=_text(m.get("content")),
+                    tool_calls=[_tool_call(c) for c in m.get("tool_calls") or []])
+            for m in trajectory.get("messages") or [] if isinstance(m, dict)]
+
+
+def _text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of an OpenAI content list."""
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content)
+    return str(content)
+
+
+def _tool_call(call: Any) -> str:
+    """'bash: <command>' for the agent's bash tool, the raw arguments for anything else."""
+    function = call.get("function", {}) if isinstance(call, dict) else {}
+    name, arguments = function.get("name", "?"), function.get("arguments", "")
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and set(parsed) == {"command"}:
+        return f"{name}: {parsed['command']}"
+    return f"{name}: {arguments if isinstance(arguments, str) else json.dumps(arguments)}"

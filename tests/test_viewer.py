@@ -1,0 +1,230 @@
+"""The dataset viewer over a real run store: `sera_ops.runs` (what the pages show) and the plugin's HTTP app."""
+import html
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sera_ops import pipeline, runs
+from sera_ops.config import PLATFORM_CONFIG_ENV, load_platform, load_repos
+from sera_ops.pipeline import BatchFailed, RunContext, RunParams
+from sera_ops.testing.dry_run import dry_run_platform
+from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
+from tests.conftest import ROOT
+
+REPO = "tinyledger"
+DONE_RUN = "manual__2026-01-01T00:00:00+00:00"  # assembled and published
+DONE = "manual__2026-01-01T00_00_00_00_00"  # its directory name, which URLs use
+FAILED = "failed-run"  # sampled, then every rollout one failed on a teacher outage
+SCRIPT = "<script>alert('trajectory')</script>"
+
+
+def _context(workdir: Path, store: Path, teacher_url: str, run_id: str) -> RunContext:
+    platform = load_platform(dry_run_platform(ROOT / "config" / "platform.yaml", workdir, teacher_url,
+                                              storage_root=store, overrides={"images": {"sandbox": "local"}}))
+    return RunContext.create(platform, load_repos(platform)[0][0], run_id, RunParams(max_functions=2))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """One finished run (with a `<script>` injected into a trajectory) and a newer one whose rollouts all failed."""
+    workdir = tmp_path_factory.mktemp("viewer")
+    root = workdir / "store"
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        done = _context(workdir, root, teacher.url, DONE_RUN)
+        pipeline.run_all(done)
+    traj = next(done.store.run_dir.glob("instances/*/rollout1.a0.traj.json"))
+    data = json.loads(traj.read_text())
+    data["messages"].append({"role": "user", "content": SCRIPT, "extra": {"secret_usage": 1}})
+    traj.write_text(json.dumps(data))
+    an_hour_ago = time.time() - 3600
+    for directory in (done.store.run_dir, done.store.run_dir / "instances", done.store.dataset_dir):
+        os.utime(directory, (an_hour_ago, an_hour_ago))
+
+    with ScriptedTeacher(ScriptedTeacherConfig(error_rate=1.0)) as broken:
+        failed = _context(workdir, root, broken.url, FAILED)
+        failed.platform.model_servers["scripted"] = failed.server.model_copy(update={"max_retries": 0})
+        for commit in pipeline.select_commits(failed):
+            pipeline.build_image(failed, commit)
+            pipeline.inventory(failed, commit)
+        pipeline.sample(failed)
+        (batch,) = pipeline.make_batches(failed)
+        with pytest.raises(BatchFailed):
+            pipeline.rollout_one(failed, batch)
+    return root
+
+
+@pytest.fixture
+def client(store, monkeypatch):
+    """The app as a logged-in user sees it (Airflow's login itself is tested on its own below)."""
+    import sera_viewer
+
+    monkeypatch.setenv(PLATFORM_CONFIG_ENV, str(store.parent / "platform.yaml"))
+    monkeypatch.setitem(sera_viewer.app.dependency_overrides, sera_viewer.airflow_login, lambda: None)
+    return TestClient(sera_viewer.app)
+
+
+def done_instance(store: Path, instance_id: str) -> dict[str, dict]:
+    folder = store / REPO / "runs" / DONE / "instances" / instance_id
+    return {name: json.loads((folder / f"{name}.json").read_text()) for name in ("rollout1", "synth", "rollout2")}
+
+
+def instance_ids(store: Path, run: str) -> list[str]:
+    return sorted(r["instance_id"] for r in json.loads((store / REPO / "runs" / run / "instances.json").read_text()))
+
+
+def scripted_instance(store: Path) -> str:
+    return next(store.glob(f"{REPO}/runs/{DONE}/instances/*/rollout1.a0.traj.json")).parent.name
+
+
+# ---------------------------------------------------------------- sera_ops.runs
+
+
+def test_runs_are_listed_newest_first_with_their_state(store, tmp_path):
+    assert runs.list_repos(store) == [REPO]
+    assert runs.list_repos(tmp_path / "nowhere") == []
+    newest, older = runs.list_runs(store, REPO)
+    assert (newest.run_id, newest.stats, newest.is_latest) == (FAILED, None, False)
+    assert (older.run_id, older.is_latest) == (DONE, True) and newest.modified > older.modified
+    assert older.stats == json.loads((store / REPO / "runs" / DONE / "dataset" / "stats.json").read_text())
+
+
+def test_run_detail_reports_every_instance_and_stage(store):
+    detail = runs.run_detail(store, REPO, DONE)
+    assert detail.manifest["run_id"] == DONE_RUN and detail.stats["records"] == {"t1": 2, "t2": 2}
+    assert [i.instance_id for i in detail.instances] == instance_ids(store, DONE)
+    for row in detail.instances:
+        assert (row.rollout1_exit_status, row.rollout1_attempts, row.judged_good) == ("Submitted", 1, True)
+        assert (row.synthetic_pr, row.rollout2_exit_status, row.recall, row.resolved) == (True, "Submitted", 1.0, True)
+        assert row.start_fn and row.start_fn_file.endswith(".py") and len(row.commit) == 40 and row.errors == {}
+
+    failed = runs.run_detail(store, REPO, FAILED)
+    assert failed.stats is None and not failed.is_latest and len(failed.instances) == 2
+    for row in failed.instances:
+        assert (row.rollout1_exit_status, row.judged_good, row.synthetic_pr, row.recall) == (None, None, False, None)
+        assert set(row.errors) == {"rollout1"} and "injected by the scripted teacher" in row.errors["rollout1"]
+
+
+def test_instance_detail_has_patches_pr_and_trajectories_without_extra(store):
+    iid = scripted_instance(store)
+    files = done_instance(store, iid)
+    detail = runs.instance_detail(store, REPO, DONE, iid)
+    assert detail.patch_one == files["rollout1"]["final"]["patch"] and detail.patch_one.startswith("diff --git")
+    assert detail.patch_two == files["rollout2"]["patch"]
+    assert detail.task == files["rollout1"]["final"]["task"] and detail.synthetic_pr == files["synth"]["synth_pr"]
+    assert detail.verdict["recall"] == 1.0 and detail.status.resolved is True
+    assert [m.role for m in detail.trajectory_one[:3]] == ["system", "user", "assistant"]
+    assert detail.trajectory_one[-1] == runs.Message(role="user", content=SCRIPT)
+    commands = [call for m in detail.trajectory_two for call in m.tool_calls]
+    assert commands and all(call.startswith("bash: ") for call in commands)
+    assert detail.trajectory_two[1].content.count(detail.synthetic_pr.splitlines()[0]) == 1
+
+
+def test_missing_stage_files_read_as_none(store):
+    iid = instance_ids(store, FAILED)[0]
+    detail = runs.instance_detail(store, REPO, FAILED, iid)
+    assert (detail.task, detail.patch_one, detail.synthetic_pr, detail.patch_two, detail.verdict) == (None,) * 5
+    assert detail.trajectory_two is None and detail.status.errors.keys() == {"rollout1"}
+
+
+@pytest.mark.parametrize("names", [
+    ("..", DONE), (REPO, ".."), (REPO, "."), (REPO, ""), (REPO, "a/b"), (REPO, f"{DONE}/.."), (REPO, "x..y"),
+    (REPO, ".hidden"), (REPO, "no-such-run"), ("no-such-repo", DONE)])
+def test_invalid_or_unknown_run_names_are_lookup_errors(store, names):
+    with pytest.raises(LookupError):
+        runs.run_detail(store, *names)
+
+
+def test_names_must_stay_under_the_storage_root(store, tmp_path):
+    outside = tmp_path / "elsewhere"
+    (outside / "instances").mkdir(parents=True)
+    (outside / "runs").mkdir()
+    link, repo_link = store / REPO / "runs" / "escape", store / "escaped-repo"
+    link.symlink_to(outside, target_is_directory=True)
+    repo_link.symlink_to(outside, target_is_directory=True)
+    try:
+        assert runs.list_repos(store) == [REPO]
+        with pytest.raises(LookupError):
+            runs.list_runs(store, "escaped-repo")
+        with pytest.raises(LookupError):
+            runs.run_detail(store, REPO, "escape")
+        with pytest.raises(LookupError):
+            runs.instance_detail(store, REPO, DONE, "../../x")
+        with pytest.raises(LookupError):
+            runs.instance_detail(store, REPO, DONE, "no_such_instance")
+    finally:
+        link.unlink()
+        repo_link.unlink()
+
+
+# ---------------------------------------------------------------- the plugin's app
+
+
+def test_index_lists_repositories_runs_and_counts(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f'<h2 id="{REPO}">{REPO}</h2>' in page.text
+    assert f'<a href="/{REPO}/{DONE}">{DONE}</a> <span class="badge">latest</span>' in page.text
+    assert f'<a href="/{REPO}/{FAILED}">{FAILED}</a></td>' in page.text and "in progress" in page.text
+    assert "<td>assembled</td><td>2</td><td>2</td><td>2</td><td>2</td><td>2</td>" in page.text
+
+
+def test_run_page_lists_instances_with_recall(client, store):
+    page = client.get(f"/{REPO}/{DONE}")
+    assert page.status_code == 200
+    for iid in instance_ids(store, DONE):
+        assert f'<a href="/{REPO}/{DONE}/{iid}">{iid}</a>' in page.text
+    assert page.text.count("<td>1.00</td><td>yes</td>") == 2  # recall, resolved
+    assert "<th>records.t1</th><td>2</td>" in page.text
+    failed = client.get(f"/{REPO}/{FAILED}")
+    assert failed.status_code == 200 and "Not assembled yet" in failed.text
+    assert failed.text.count('<span class="error"') == 2
+
+
+def test_instance_page_shows_both_patches_and_escapes_trajectory_text(client, store):
+    iid = scripted_instance(store)
+    files = done_instance(store, iid)
+    page = client.get(f"/{REPO}/{DONE}/{iid}")
+    assert page.status_code == 200
+    assert html.escape(files["rollout1"]["final"]["patch"]) in page.text
+    assert html.escape(files["rollout2"]["patch"]) in page.text
+    assert html.escape(files["synth"]["synth_pr"]) in page.text
+    assert SCRIPT not in page.text and html.escape(SCRIPT) in page.text
+    assert page.text.count("<details>") >= 2 * 5 and "secret_usage" not in page.text
+
+
+def test_stats_api_returns_stats_json(client, store):
+    response = client.get(f"/api/{REPO}/{DONE}/stats")
+    assert response.status_code == 200
+    assert response.json() == json.loads((store / REPO / "runs" / DONE / "dataset" / "stats.json").read_text())
+
+
+@pytest.mark.parametrize("path", [
+    f"/{REPO}/%2e%2e", "/%2e%2e/runs", f"/{REPO}/{DONE}/%2e%2e", f"/{REPO}/%2e%2e%2f%2e%2e", f"/{REPO}/no-such-run",
+    f"/{REPO}/{DONE}/no_such_instance", f"/api/{REPO}/%2e%2e/stats", f"/api/{REPO}/{FAILED}/stats", "/a/b/c/d"])
+def test_invalid_or_unknown_names_are_404(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "<script" not in response.text
+
+
+def test_without_an_airflow_login_the_viewer_refuses(store):
+    import sera_viewer
+
+    response = TestClient(sera_viewer.app).get("/")
+    assert response.status_code == 401
+
+
+def test_airflow_registers_the_app_and_the_nav_entry():
+    import sera_viewer
+    from airflow import plugins_manager
+
+    apps, _ = plugins_manager.get_fastapi_plugins()  # loads plugins/ as its own module copy
+    (loaded,) = [a for a in apps if a["name"] == "SERA datasets"]
+    assert loaded["url_prefix"] == "/sera"
+    assert {r.path for r in loaded["app"].routes} == {r.path for r in sera_viewer.app.routes}
+    (info,) = [p for p in plugins_manager.get_plugin_info() if p["name"] == "sera_viewer"]
+    assert info["external_views"] == sera_viewer.SeraViewerPlugin.external_views  # kept: none was rejected
