@@ -11,10 +11,10 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sera_ops.postprocess import PostprocessOptions
 from sera_ops.train import TrainSettings
@@ -71,13 +71,22 @@ def resolve_secret(ref: SecretRef | None, connection_lookup: SecretLookup | None
     return None
 
 
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("expected an http(s) URL such as http://127.0.0.1:8000/v1 or https://api.github.com")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class ModelServer(_Strict):
     """An OpenAI-compatible endpoint serving a teacher model (vLLM, SGLang, a hosted API, or the scripted teacher).
 
     At most `parallel_batches` batch tasks use it at once (its Airflow pool), each running `concurrency` episodes.
     """
 
-    base_url: str
+    base_url: HttpUrl
     model: str
     concurrency: int = Field(4, ge=1, le=256)
     parallel_batches: int = Field(2, ge=1, le=256)
@@ -86,12 +95,6 @@ class ModelServer(_Strict):
     max_retries: int = Field(3, ge=0, le=20)
     tool_calls: bool = True
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as http://127.0.0.1:8000/v1")
-        return value.rstrip("/")
 
 
 class RegistrySettings(_Strict):
@@ -111,20 +114,13 @@ class ImageSettings(_Strict):
 class MirrorSettings(_Strict):
     """Where repositories are mirrored (stage 1): a GitHub organisation, private by default."""
 
-    api_url: str = "https://api.github.com"
+    api_url: HttpUrl = "https://api.github.com"
     organisation: str = Field(min_length=1)
     private: bool = True
     token: SecretRef | None = SecretRef(env="GITHUB_TOKEN")
     name_prefix: str = ""
     disable_actions: bool = True
     """Turn GitHub Actions off in newly created mirrors, so pushing history does not run the source's workflows."""
-
-    @field_validator("api_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("expected an http(s) URL such as https://api.github.com or https://ghe.example/api/v3")
-        return value.rstrip("/")
 
     @field_validator("organisation")
     @classmethod
