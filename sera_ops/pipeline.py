@@ -19,7 +19,7 @@ from typing import Any
 
 from sera_ops import dataset, functions, history, images, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, resolve_secret
-from sera_ops.rollouts import Rollout, run_episode
+from sera_ops.rollouts import Rollout, redact, run_episode
 from sera_ops.store import RunStore, read_json
 from sera_ops.teachers import TeacherClient
 from sera_ops.verify import verify
@@ -254,13 +254,15 @@ def _for_each(ctx: RunContext, batch_id: str, stage: str, output: str,
         else:
             todo.append(instance)
 
+    secrets = ctx.secrets()
+
     def attempt(instance: functions.Instance) -> str | None:
         error_file = ctx.store.instance_file(instance.instance_id, f"{stage}.error.json")
         try:
             work(instance)
         except Exception as exc:
-            log.exception("instance %s: %s failed", instance.instance_id, stage)
-            message = f"{type(exc).__name__}: {exc}"
+            message = redact(f"{type(exc).__name__}: {exc}", secrets)
+            log.error("instance %s: %s failed: %s", instance.instance_id, stage, message)
             ctx.store.write_json(error_file, {"stage": stage, "error": message, "time": time.time()})
             return message
         error_file.unlink(missing_ok=True)

@@ -113,21 +113,23 @@ def test_local_episodes_do_not_see_host_secrets(tmp_path, monkeypatch):
 def test_one_failing_instance_does_not_take_the_batch_down(tmp_path, monkeypatch):
     real_episode = pipeline.run_episode
     doomed: list[str] = []
+    key = "sk-pipeline-test-31c0ffee"
 
     def flaky_episode(**kwargs):
         if kwargs["instance_id"] == doomed[0]:
-            raise RuntimeError("sandbox exploded")
+            raise RuntimeError(f"sandbox exploded while using {key}")
         return real_episode(**kwargs)
 
     monkeypatch.setattr(pipeline, "run_episode", flaky_episode)
-    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+    monkeypatch.setenv("SERA_SCRIPTED_API_KEY", key)
+    with ScriptedTeacher(ScriptedTeacherConfig(api_key=key)) as teacher:
         ctx = make_context(tmp_path, teacher.url)
         (batch,) = prepare(ctx)
         doomed.append(json.loads(ctx.store.path("instances.json").read_text())[1]["instance_id"])
         summary = pipeline.rollout_one(ctx, batch)
         assert (summary["ran"], summary["failed"]) == (4, 1)
         error = json.loads(ctx.store.instance_file(doomed[0], "rollout1.error.json").read_text())
-        assert error["error"] == "RuntimeError: sandbox exploded"
+        assert error["error"] == "RuntimeError: sandbox exploded while using [REDACTED]"
         for stage in (pipeline.synthesize, pipeline.rollout_two, pipeline.verify_batch):
             stage(ctx, batch)
         stats = pipeline.assemble(ctx)
