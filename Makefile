@@ -2,15 +2,18 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test lint bench services-start services-stop
+.PHONY: venv testdata demo test lint bench services-start services-stop
 
 venv:
 	scripts/setup_venv.sh
 
 demo: venv
-	scripts/demo.sh
+	scripts/demo.sh $(if $(REPO),--repo $(REPO))
 
-test: venv
+testdata: venv
+	scripts/fetch_test_data.sh
+
+test: venv testdata
 	$(PY) -m pytest
 
 lint: venv

@@ -13,6 +13,16 @@ IMAGE="${SERA_BASE_IMAGE:-sera-base:bookworm}"
 SUITE=bookworm
 PACKAGES=python3,python3-pip,python3-setuptools,python3-wheel,python3-venv,git,ca-certificates
 CACHE="$STATE/cache"
+# Image config. No PIP_NO_INDEX: install steps reach an index, a proxy or a wheelhouse through images.build_env.
+IMAGE_CHANGES=(
+    'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+    'ENV LANG=C.UTF-8'
+    'ENV PIP_BREAK_SYSTEM_PACKAGES=1'
+    'ENV PIP_DISABLE_PIP_VERSION_CHECK=1'
+    'ENV PYTHONDONTWRITEBYTECODE=1'
+    'WORKDIR /'
+    'CMD ["/bin/bash"]'
+)
 GITCONFIG='[user]
 	name = sera
 	email = sera@localhost
@@ -96,7 +106,7 @@ make_rootfs_tarball() {
 }
 
 main() {
-    local started=$SECONDS key tarball old_id new_id
+    local started=$SECONDS key tarball old_id new_id image_key
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     flock 9
@@ -107,17 +117,17 @@ main() {
     else
         make_rootfs_tarball "$tarball"
     fi
+    # The image's identity: the rootfs and the config below. An image already carrying it is kept as it is.
+    image_key="$(printf '%s\n' "$key" "${IMAGE_CHANGES[@]}" | sha256sum | cut -c1-16)"
+    if [[ "$(docker image inspect --format '{{index .Config.Labels "sera.base-key"}}' "$IMAGE" 2>/dev/null)" \
+          == "$image_key" ]]; then
+        say "$IMAGE is up to date ($image_key)"
+        return 0
+    fi
     old_id="$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
-    new_id="$(docker import \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' \
-        --change 'ENV PIP_NO_INDEX=1' \
-        --change 'ENV PIP_BREAK_SYSTEM_PACKAGES=1' \
-        --change 'ENV PIP_DISABLE_PIP_VERSION_CHECK=1' \
-        --change 'ENV PYTHONDONTWRITEBYTECODE=1' \
-        --change 'WORKDIR /' \
-        --change 'CMD ["/bin/bash"]' \
-        --message "debootstrap $SUITE minbase + $PACKAGES" \
+    local changes=() change
+    for change in "${IMAGE_CHANGES[@]}" "LABEL sera.base-key=$image_key"; do changes+=(--change "$change"); done
+    new_id="$(docker import "${changes[@]}" --message "debootstrap $SUITE minbase + $PACKAGES" \
         - "$IMAGE" <"$tarball")"
     if [[ -n $old_id && $old_id != "$new_id" ]]; then
         docker image rm "$old_id" >/dev/null 2>&1 || true

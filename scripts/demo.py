@@ -1,6 +1,7 @@
 """Run one repository's DAG end to end with the scripted teacher, then print what the dataset holds.
 
-Invoked by scripts/demo.sh (which sets AIRFLOW_HOME and friends before Airflow is imported).
+Invoked by scripts/demo.sh (which sets AIRFLOW_HOME and friends before Airflow is imported). The platform file is
+$SERA_PLATFORM_CONFIG or config/platform.yaml, with the scripted teacher and a local GitHub double swapped in.
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from sera_ops.config import load_platform  # noqa: E402
+from sera_ops.cli import explain_unusable_repo  # noqa: E402
+from sera_ops.config import (  # noqa: E402
+    ConfigError,
+    check_references,
+    default_platform_path,
+    load_platform,
+    load_repos,
+)
 from sera_ops.store import RunStore  # noqa: E402
-from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
+from sera_ops.testing.dry_run import SCRIPTED_SERVER, dry_run_platform  # noqa: E402
 from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 
@@ -32,34 +40,63 @@ def main() -> int:
                         help="scripted teacher's rollout-two behaviour mix (full/partial/none weights)")
     args = parser.parse_args()
 
+    if not preflight(args.repo):
+        return 2
     work = ROOT / "var" / "demo"
     os.environ["SERA_DEMO_GITHUB_TOKEN"] = secrets.token_hex(16)  # this demo's local GitHub double only
     with ExitStack() as services:
         teacher = services.enter_context(ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))))
         github = services.enter_context(LocalGitHub(work / "github", [DEMO_ORG], os.environ["SERA_DEMO_GITHUB_TOKEN"]))
-        platform_file = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher.url, overrides={
+        platform_file = dry_run_platform(default_platform_path(), work, teacher.url, overrides={
             "github": {"api_url": github.url, "organisation": DEMO_ORG, "token": {"env": "SERA_DEMO_GITHUB_TOKEN"}}})
         os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True)
         from sera_airflow import run_dag_locally
 
+        platform = load_platform(platform_file)
+        spec = next(spec for spec in load_repos(platform)[0] if spec.name == args.repo)
         started = time.monotonic()
-        run = run_dag_locally(f"sera__{args.repo}")
+        # Whatever teacher the repository names, the demo talks to the scripted one.
+        run = run_dag_locally(spec.dag_id, {"model_server": SCRIPTED_SERVER})
         elapsed = time.monotonic() - started
-        training = run_dag_locally(f"sera_train__{args.repo}") if str(run.state) == "success" else None
-    platform = load_platform(platform_file)
+        trains = spec.training is not None and str(run.state) == "success"
+        training = run_dag_locally(f"sera_train__{args.repo}") if trains else None
     store = RunStore(platform.storage_root, args.repo, run.run_id)
-    stats = json.loads((store.dataset_dir / "stats.json").read_text())
-    print(summary(stats, run.state, elapsed))
+    stats_file = store.dataset_dir / "stats.json"
+    if not stats_file.exists():
+        print(f"DAG run {run.state} in {elapsed:.0f} s before assembling a dataset; the task logs above say why")
+        return 1
+    print(summary(json.loads(stats_file.read_text()), run.state, elapsed))
     mirror = store.read_json(store.path("mirror.json"))
     if mirror:
         print(f"{'mirror':<13}  {mirror['full_name']} ({'private' if mirror['private'] else 'public'}) on the local "
               f"GitHub double, {len(mirror['pushed'])} refs pushed")
-    if training is not None:
+    if spec.training is None:
+        print(f"{'training':<13}  none configured (no 'training:' section in {spec.source_file.name})")
+    elif training is not None:
         print(training_line(store, training))
     print(f"dataset: {store.dataset_dir}")
     return 0 if str(run.state) == "success" and (training is None or str(training.state) == "success") else 1
+
+
+def preflight(repo: str) -> bool:
+    """Stop before starting anything when the repository cannot run: an invalid or missing file, an unreadable
+    source. The same lines as `sera run` and `sera validate` print."""
+    try:
+        platform = load_platform()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    specs, errors = load_repos(platform)
+    spec = next((spec for spec in specs if spec.name == repo), None)
+    if spec is None:
+        explain_unusable_repo(repo, specs, errors)
+        return False
+    problems = [finding for finding in check_references(platform, [spec]) if finding.level == "error"]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return not problems
 
 
 def training_line(store: RunStore, training: object) -> str:

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the embedded default — bundled sample repository, scripted teacher on loopback,
-# a Docker engine + registry when they can be started here (else the local sandbox), SQLite Airflow home in var/.
+# `make demo [REPO=name]`: the whole pipeline on one repository (default: the bundled sample; any other with
+# `scripts/demo.sh --repo name`) — scripted teacher on loopback, a Docker engine + registry when they can be started
+# here (else the local sandbox), SQLite Airflow home in var/. The platform file is $SERA_PLATFORM_CONFIG or
+# config/platform.yaml; with `images.sandbox: local` in it no engine is started.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 started_services=0
-if scripts/services.sh status >/dev/null 2>&1; then
+sandbox="$(.venv/bin/python -c 'from sera_ops.config import load_platform; print(load_platform().images.sandbox)' \
+  2>/dev/null || true)"  # an invalid platform file is reported by demo.py
+if [ "$sandbox" = local ]; then
+  echo "[demo] images.sandbox is local: rollouts run in the LOCAL sandbox, no Docker engine needed"
+elif scripts/services.sh status >/dev/null 2>&1; then
   echo "[demo] using the running Docker engine and registry"
 elif [ "$(id -u)" = 0 ] && scripts/services.sh start; then
   started_services=1
@@ -16,7 +22,7 @@ fi
 # Quiet, so that the demo's last line stays `dataset: <path>`.
 cleanup() { if [ "$started_services" = 1 ]; then scripts/services.sh stop >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
-if scripts/services.sh status >/dev/null 2>&1; then eval "$(scripts/services.sh env)"; fi
+if [ "$sandbox" != local ] && scripts/services.sh status >/dev/null 2>&1; then eval "$(scripts/services.sh env)"; fi
 export AIRFLOW_HOME="$ROOT/var/airflow"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"

@@ -188,11 +188,8 @@ cmd_start() {
     mkdir -p "$STATE"
     start_dockerd
     start_registry
-    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        say "base image $BASE_IMAGE present"
-    else
-        SERA_SERVICES_DIR="$STATE" "$ROOT/scripts/build_base_image.sh"
-    fi
+    # Cheap when the base is current (a label check); rebuilt from the cached rootfs when its config changed.
+    SERA_SERVICES_DIR="$STATE" "$ROOT/scripts/build_base_image.sh"
 }
 
 cmd_stop() {

@@ -1,7 +1,9 @@
-"""`sera`: check the configuration, run one repository without a scheduler, show a run's statistics.
+"""`sera`: check the configuration, run one repository without a scheduler, trigger it on Airflow, show statistics.
 
-    sera validate                       every config file; exit 1 and one line per problem when any is bad
+    sera validate                       platform.yaml and every repository file; one line per problem, exit 1 if any
+    sera validate --platform config/examples/platform-vllm.yaml my-repo.yaml   these files against that platform
     sera run tinyledger --max-functions 4 --run-id try-1
+    sera trigger tinyledger --conf '{"max_functions": 4}' --wait   on a running Airflow, over its REST API (for CI)
     sera stats tinyledger try-1
     sera pools --out pools.json && airflow pools import pools.json
 """
@@ -11,33 +13,59 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
-from sera_ops.config import ConfigError, load_platform, load_repos
-from sera_ops.pipeline import RunContext, RunParams, run_all
+from sera_ops.config import ConfigError, RepoSpec, check_references, load_platform, load_repo, load_repos
+from sera_ops.images import ImageBuildError
+from sera_ops.mirror import MirrorError
+from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
+from sera_ops.sources import SourceError
 from sera_ops.store import RunStore, atomic_write_text
+
+USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed)
+"""Problems the user can fix (configuration, sources, images, the teacher): one line on stderr, no traceback."""
 
 
 def _validate(args: argparse.Namespace) -> int:
-    platform = load_platform(args.platform)
-    specs, errors = load_repos(platform)
+    try:
+        platform = load_platform(args.platform)
+    except ConfigError as exc:
+        print(f"error   {exc}")
+        return 1
+    if args.files:
+        specs, errors = [], []
+        for path in args.files:
+            try:
+                specs.append(load_repo(path, platform))
+            except ConfigError as exc:
+                errors.append(exc)
+    else:
+        specs, errors = load_repos(platform)
+    findings = check_references(platform, specs, check_sources=not args.no_source_check)
+    failed = {finding.file for finding in findings if finding.level == "error"} | {error.file for error in errors}
+    print(f"{'error' if str(platform.source_file) in failed else 'ok':<7} {'platform':<32} {platform.source_file}")
     for spec in specs:
-        print(f"ok     {spec.dag_id:<32} {spec.source_file}")
+        print(f"{'error' if str(spec.source_file) in failed else 'ok':<7} {spec.dag_id:<32} {spec.source_file}")
     for error in errors:
-        print(f"error  {error}")
-    return 1 if errors else 0
+        print(f"error   {error}")
+    for finding in findings:
+        print(f"{finding.level:<7} {finding}")
+    return 1 if failed else 0
 
 
 def _run(args: argparse.Namespace) -> int:
     platform = load_platform(args.platform)
-    specs, _ = load_repos(platform)
+    specs, errors = load_repos(platform)
     spec = next((s for s in specs if s.name == args.repo), None)
     if spec is None:
-        known = ", ".join(s.name for s in specs) or "none"
-        print(f"unknown repository '{args.repo}' (valid configs: {known}); see `sera validate`", file=sys.stderr)
-        return 2
+        return explain_unusable_repo(args.repo, specs, errors)
     run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
     params = RunParams(commits=args.commit or [], max_functions=args.max_functions, model_server=args.model_server,
                        threshold=args.threshold)
@@ -45,6 +73,18 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps(stats, indent=2))
     print(f"dataset: {stats['dataset_dir']}")
     return 0
+
+
+def explain_unusable_repo(name: str, specs: list[RepoSpec], errors: list[ConfigError]) -> int:
+    """Why `name` cannot run: its file is invalid (and why), or there is no such file."""
+    invalid = next((error for error in errors if Path(error.file).stem == name), None)
+    if invalid is not None:
+        print(f"repository '{name}' has an invalid configuration: {invalid}", file=sys.stderr)
+    else:
+        known = ", ".join(s.name for s in specs) or "none"
+        print(f"unknown repository '{name}': no {name}.yaml in the repos_dir (valid configs: {known}); "
+              "see `sera validate`", file=sys.stderr)
+    return 2
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -67,12 +107,129 @@ def _pools(args: argparse.Namespace) -> int:
     return 0
 
 
+TOKEN_ENV, USERNAME_ENV, PASSWORD_ENV = "SERA_AIRFLOW_TOKEN", "SERA_AIRFLOW_USERNAME", "SERA_AIRFLOW_PASSWORD"
+TERMINAL_STATES = ("success", "failed")
+
+
+class AirflowApiError(RuntimeError):
+    """The Airflow REST API refused a call or cannot be reached; the message says what to check."""
+
+
+class AirflowApi:
+    """The few Airflow 3 REST API v2 calls `sera trigger` makes (stdlib HTTP, so sera_ops needs no Airflow)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0):
+        self.base_url, self.timeout_s = base_url.rstrip("/"), timeout_s
+        self.token = os.environ.get(TOKEN_ENV) or None
+
+    def login(self) -> None:
+        """A JWT from the simple auth manager's /auth/token when a username and password are given (else the token
+        from the environment, or none for an all-admins Airflow)."""
+        username, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+        if self.token or not (username and password):
+            return
+        self.token = self.call("POST", "/auth/token", {"username": username, "password": password})["access_token"]
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(self.base_url + path, method=method,
+                                         data=None if body is None else json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {_detail(exc)}{_hint(exc.code)}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise AirflowApiError(f"cannot reach Airflow at {self.base_url} ({getattr(exc, 'reason', exc)}); start "
+                                  "the API server or pass --api-url") from None
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    """The first line of the API's explanation: FastAPI's `detail` is a message (a param error adds the JSON schema
+    on later lines) or a list of validation errors."""
+    text = exc.read().decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail", text)
+    except (ValueError, AttributeError):
+        detail = text
+    if isinstance(detail, list) and detail:
+        detail = detail[0].get("msg", detail[0]) if isinstance(detail[0], dict) else detail[0]
+    return (str(detail).strip().splitlines() or [str(exc.reason)])[0]
+
+
+def _hint(code: int) -> str:
+    if code in (401, 403):
+        return (f" (set {TOKEN_ENV}, or {USERNAME_ENV} and {PASSWORD_ENV} for a user allowed to trigger DAGs)")
+    if code == 404:
+        return " (is the repository file deployed and parsed? check the DAG list and import errors in the UI)"
+    return ""
+
+
+def _trigger(args: argparse.Namespace) -> int:
+    try:
+        conf = json.loads(args.conf)
+    except ValueError as exc:
+        raise ValueError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise ValueError('--conf must be a JSON object such as \'{"max_functions": 4}\'')
+    api = AirflowApi(args.api_url)
+    dag_id = f"sera__{args.repo}"
+    dag_path = f"/api/v2/dags/{quote(dag_id, safe='')}"
+    api.login()
+    if api.call("GET", dag_path).get("is_paused"):
+        if args.unpause:
+            api.call("PATCH", dag_path, {"is_paused": False})
+        else:
+            print(f"note: {dag_id} is paused, so the run stays queued until it is unpaused (or pass --unpause)",
+                  file=sys.stderr)
+    run = api.call("POST", f"{dag_path}/dagRuns", {"logical_date": None, "conf": conf})
+    print(f"triggered {dag_id} run {run['dag_run_id']}")
+    if not args.wait:
+        return 0
+    run_path = f"{dag_path}/dagRuns/{quote(run['dag_run_id'], safe='')}"
+    started, state = time.monotonic(), run["state"]
+    while state not in TERMINAL_STATES:
+        if time.monotonic() - started > args.timeout:
+            print(f"timed out: the run is still {state} after {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(args.poll)
+        state = api.call("GET", run_path)["state"]
+    print(f"{'state':<13}  {state} after {time.monotonic() - started:.0f} s")
+    if state != "success":
+        failed = [_task_label(ti) for ti in api.call("GET", f"{run_path}/taskInstances?limit=100")["task_instances"]
+                  if ti["state"] in ("failed", "upstream_failed")]
+        print(f"{'failed tasks':<13}  {', '.join(failed) or 'none listed (see the run in the UI)'}")
+        return 1
+    summary = api.call("GET", f"{run_path}/taskInstances/assemble/xcomEntries/return_value")["value"]
+    records = ", ".join(f"{name}.jsonl {count}" for name, count in summary["records"].items())
+    for name, value in (("instances", summary["instances"]), ("judged good", summary["judged_good"]),
+                        ("verified", summary["verified"]), ("records", records)):
+        print(f"{name:<13}  {value}")
+    print(f"dataset: {summary['dataset_dir']}")
+    return 0
+
+
+def _task_label(ti: dict) -> str:
+    return f"{ti['task_id']}[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ti["task_id"]
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="sera", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    root.add_argument("--platform", help="platform.yaml (default: $SERA_PLATFORM_CONFIG or config/platform.yaml)")
+    platform_help = "platform.yaml (default: $SERA_PLATFORM_CONFIG or config/platform.yaml)"
+    root.add_argument("--platform", help=platform_help)
+    # Also accepted after the command; SUPPRESS keeps a value given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--platform", default=argparse.SUPPRESS, help=platform_help)
     commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser("validate", help="check platform.yaml and every repository file").set_defaults(func=_validate)
-    run = commands.add_parser("run", help="run one repository's pipeline in this process")
+    validate = commands.add_parser("validate", parents=[common],
+                                   help="check platform.yaml, repository files, their sources and references")
+    validate.add_argument("files", nargs="*", help="repository files to check (default: every file in repos_dir)")
+    validate.add_argument("--no-source-check", action="store_true",
+                          help="do not check that each source exists (e.g. example files with placeholder paths)")
+    validate.set_defaults(func=_validate)
+    run = commands.add_parser("run", parents=[common], help="run one repository's pipeline in this process")
     run.add_argument("repo")
     run.add_argument("--run-id")
     run.add_argument("--commit", action="append", help="commit to use (repeatable)")
@@ -80,10 +237,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--model-server")
     run.add_argument("--threshold", type=float)
     run.set_defaults(func=_run)
-    pools = commands.add_parser("pools", help="Airflow pools for the model servers (for `airflow pools import`)")
+    trigger = commands.add_parser(
+        "trigger", help=f"trigger sera__<repo> on a running Airflow (REST API v2); auth: ${TOKEN_ENV}, or "
+                        f"${USERNAME_ENV} and ${PASSWORD_ENV}")
+    trigger.add_argument("repo")
+    trigger.add_argument("--conf", default="{}", help="run parameters as a JSON object, e.g. '{\"max_functions\": 4}'")
+    trigger.add_argument("--wait", action="store_true", help="poll until the run ends; exit 1 unless it succeeded")
+    trigger.add_argument("--api-url", default="http://127.0.0.1:8080", help="Airflow API server (default: %(default)s)")
+    trigger.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the run (default: 3600)")
+    trigger.add_argument("--poll", type=float, default=5.0, help="seconds between state checks (default: 5)")
+    trigger.add_argument("--unpause", action="store_true", help="unpause the DAG first if it is paused")
+    trigger.set_defaults(func=_trigger)
+    pools = commands.add_parser("pools", parents=[common],
+                                help="Airflow pools for the model servers (for `airflow pools import`)")
     pools.add_argument("--out", help="write to this file instead of stdout")
     pools.set_defaults(func=_pools)
-    stats = commands.add_parser("stats", help="print a run's stats.json")
+    stats = commands.add_parser("stats", parents=[common], help="print a run's stats.json")
     stats.add_argument("repo")
     stats.add_argument("run_id")
     stats.set_defaults(func=_stats)
@@ -92,10 +261,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Progress logs matter for `run`; the other commands print their own results.
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ValueError) as exc:
+    except (*USER_ERRORS, AirflowApiError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -103,12 +103,48 @@ class RegistrySettings(_Strict):
     push: bool = True
     credentials: SecretRef | None = None
     username: str | None = None
+    insecure: bool = False
+    """Speak plain HTTP to this registry (loopback registries always are)."""
+
+
+BuildEnv = dict[str, str | SecretRef]
+"""Environment for install steps: plain values, or secrets taken from a connection or env var at build time."""
 
 
 class ImageSettings(_Strict):
+    """How commit images are built. Install steps get `build_env` (never written into an image) and the engine's
+    normal network by default: real projects resolve their dependencies from an index, a proxy or a wheelhouse."""
+
     base_image: str = "sera-base:bookworm"
-    build_network: str = "none"
+    base_images: dict[str, str] | str = {"3.11": "sera-base:bookworm"}
+    """Base per `python_version`: a mapping ("3.12": image) or a template such as "python:{version}-slim"."""
+    build_network: str = "bridge"
+    build_env: BuildEnv = {}
+    build_timeout_s: float = Field(1800.0, gt=0)
     sandbox: Literal["auto", "docker", "local"] = "auto"
+    allow_unconfined_local: bool = False
+    """Let a real teacher drive local episodes without bubblewrap (its commands then run as the worker)."""
+
+    @field_validator("base_images")
+    @classmethod
+    def _template_names_version(cls, value: dict[str, str] | str) -> dict[str, str] | str:
+        if isinstance(value, str) and "{version}" not in value:
+            raise ValueError("a base image template must contain '{version}', e.g. 'python:{version}-slim'; or give "
+                             "a mapping such as {'3.11': 'sera-base:bookworm'}")
+        return value
+
+    def base_for(self, python_version: str | None) -> str | None:
+        """The base image for a Python version (None: `base_image`); None when no base is configured for it."""
+        if python_version is None:
+            return self.base_image
+        if isinstance(self.base_images, str):
+            return self.base_images.format(version=python_version)
+        return self.base_images.get(python_version)
+
+    def describe_bases(self) -> str:
+        if isinstance(self.base_images, str):
+            return f"template {self.base_images!r}"
+        return ", ".join(f"{version} -> {image}" for version, image in sorted(self.base_images.items())) or "none"
 
 
 class MirrorSettings(_Strict):
@@ -204,6 +240,22 @@ class VerifySettings(_Strict):
     threshold: float = Field(1.0, ge=0, le=1)
 
 
+class SandboxLimits(_Strict):
+    """What one agent episode may use: a teacher's commands are untrusted code running on the platform's machines.
+
+    Containers get the cpus, memory (RAM + swap + /tmp), pids and network; local episodes get the same numbers as
+    per-process rlimits (address space, processes of the episode, file size) inside bubblewrap.
+    """
+
+    cpus: float = Field(2.0, gt=0)
+    memory_mb: int = Field(4096, ge=64)
+    pids: int = Field(512, ge=16)
+    tmp_mb: int = Field(512, ge=1)
+    file_size_mb: int = Field(1024, ge=1)
+    network: str = "none"
+    """`none`, or a Docker network to opt in to (a local episode then shares the worker's network)."""
+
+
 class BatchSettings(_Strict):
     """Instances are mapped in batches, not one by one, to stay far below Airflow's max_map_length."""
 
@@ -211,11 +263,81 @@ class BatchSettings(_Strict):
     min_success_fraction: float = Field(0.5, ge=0, le=1)
 
 
+IMAGE_SOURCES = ("swebench", "swesmith", "images")
+"""`source` values naming existing images instead of a git repository; each reads its own section of the file."""
+SWEBENCH_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__[A-Za-z0-9_.-]+-[0-9]+$")
+SWESMITH_REPO_NAME = re.compile(r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9-]*)__(?P<repo>[A-Za-z0-9_.-]+)\."
+                                r"(?P<commit>[0-9a-f]{8})$")
+
+
+def _registry_namespace(value: str) -> str:
+    if not re.match(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*$", value):
+        raise ValueError("expected a registry namespace such as 'swebench' or '127.0.0.1:5000/swebench' (lower case, "
+                         "no tag, no trailing '/')")
+    return value
+
+
+RegistryNamespace = Annotated[str, AfterValidator(_registry_namespace)]
+
+
+def _no_duplicates(values: list[str]) -> list[str]:
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"listed more than once: {', '.join(repeated)}")
+    return values
+
+
+class SweBenchImages(_Strict):
+    """SWE-bench instance images, named by the harness's rule; the repository sits at its base commit in /testbed."""
+
+    instance_ids: Annotated[list[str], AfterValidator(_no_duplicates)] = Field(min_length=1)
+    namespace: RegistryNamespace = "swebench"
+    arch: Literal["x86_64", "arm64"] = "x86_64"
+    tag: str = Field("latest", pattern=r"^[\w][\w.-]{0,127}$")
+
+    @field_validator("instance_ids")
+    @classmethod
+    def _instance_id_form(cls, values: list[str]) -> list[str]:
+        bad = [value for value in values if not SWEBENCH_INSTANCE_ID.match(value)]
+        if bad:
+            raise ValueError(f"not a SWE-bench instance id (<owner>__<repo>-<number>, e.g. django__django-11099): "
+                             f"{', '.join(map(repr, bad))}")
+        return values
+
+
+class SweSmithImages(_Strict):
+    """SWE-smith environment images, one per repository snapshot; the repository sits in /testbed."""
+
+    repos: Annotated[list[str], AfterValidator(_no_duplicates)] = Field(min_length=1)
+    namespace: RegistryNamespace = "jyangballin"
+    arch: Literal["x86_64", "arm64"] = "x86_64"
+
+    @field_validator("repos")
+    @classmethod
+    def _repo_name_form(cls, values: list[str]) -> list[str]:
+        bad = [value for value in values if not SWESMITH_REPO_NAME.match(value)]
+        if bad:
+            raise ValueError(f"not a SWE-smith repository name (<owner>__<repo>.<commit8>, e.g. "
+                             f"getmoto__moto.694ce1f4): {', '.join(map(repr, bad))}")
+        return values
+
+
+class CustomImage(_Strict):
+    """Any image holding a git checkout of the repository at `workdir`; `commit`, when given, is checked."""
+
+    image: str = Field(pattern=r"^[A-Za-z0-9][\w./:@-]*$")
+    workdir: str = Field(pattern=r"^(/[^/\s]+)+$")
+    commit: str | None = Field(None, pattern=r"^[0-9a-f]{7,40}$")
+
+
 class RepoSpec(_Strict):
     """One repository: where it comes from, which commits, how to install it, and per-stage settings."""
 
     name: str
     source: str
+    swebench: SweBenchImages | None = None
+    swesmith: SweSmithImages | None = None
+    images: list[CustomImage] = []
     description: str = ""
     owner: str | None = None
     tags: list[str] = []
@@ -226,6 +348,10 @@ class RepoSpec(_Strict):
     lookback_days: int = Field(365, ge=1)
     language: Literal["python"] = "python"
     install_cmds: list[str] = ["pip install -e ."]
+    install_env: BuildEnv = {}
+    dependency_layer: bool = True
+    source_install_cmds: list[str] | None = None
+    smoke_cmd: str | None = None
     python_version: str | None = None
     top_level_folder: list[str] = []
     max_folder_depth: int | None = Field(3, ge=0)
@@ -234,6 +360,7 @@ class RepoSpec(_Strict):
     seed: int = 0
     model_server: str | None = None
     rollout: RolloutSettings = RolloutSettings()
+    sandbox: SandboxLimits = SandboxLimits()
     synth: SynthSettings = SynthSettings()
     verify: VerifySettings = VerifySettings()
     postprocess: PostprocessOptions = PostprocessOptions()
@@ -252,8 +379,24 @@ class RepoSpec(_Strict):
     @classmethod
     def _source_form(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("give a local path, a git URL, or bundled:<sample name>")
+            raise ValueError("give a local path, a git URL, bundled:<sample name>, or swebench, swesmith or images "
+                             "(existing images, listed in the section of that name)")
         return value
+
+    @model_validator(mode="after")
+    def _image_sections(self) -> RepoSpec:
+        """Each image source reads exactly its own section, so a section that would be ignored is an error."""
+        for section in IMAGE_SOURCES:
+            given = bool(getattr(self, section))
+            if self.source == section and not given:
+                raise _FieldProblem(section, f"required with 'source: {section}' (the images to use)")
+            if given and self.source != section:
+                raise _FieldProblem(section, f"only read with 'source: {section}' (source is '{self.source}')")
+        places = [(image.image, image.workdir) for image in self.images]
+        for index, place in enumerate(places):
+            if place in places[:index]:
+                raise _FieldProblem(f"images.{index}", f"{place[0]} at {place[1]} is listed twice")
+        return self
 
     @property
     def dag_id(self) -> str:
@@ -352,8 +495,10 @@ def load_repo(path: Path | str, platform: PlatformConfig) -> RepoSpec:
 
 
 def resolve_source(source: str, base: Path) -> str:
-    """Local paths become absolute; URLs and bundled:<name> stay as they are."""
-    if source.startswith("bundled:") or re.match(r"^[a-z+]+://", source) or re.match(r"^[\w.-]+@[\w.-]+:", source):
+    """Local paths become absolute; URLs, bundled:<name> and image sources stay as they are (a local directory
+    named like an image source is written ./swebench)."""
+    if (source in IMAGE_SOURCES or source.startswith("bundled:") or re.match(r"^[a-z+]+://", source)
+            or re.match(r"^[\w.-]+@[\w.-]+:", source)):
         return source
     return str(_resolve(base, Path(source)))
 
@@ -374,3 +519,163 @@ def load_repos(platform: PlatformConfig) -> tuple[list[RepoSpec], list[ConfigErr
         except ConfigError as exc:
             errors.append(exc)
     return specs, errors
+
+
+class Finding(BaseModel):
+    """One result of `check_references`: errors make `sera validate` fail, warnings and notes are advice."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Literal["error", "warning", "note"]
+    file: str
+    field: str
+    problem: str
+
+    def __str__(self) -> str:
+        return str(ConfigError(self.file, self.field, self.problem))
+
+
+GIT_REMOTE = re.compile(r"^[a-z+]+://|^[\w.-]+@[\w.-]+:")
+SOURCE_CHECK_TIMEOUT_S = 20.0
+
+
+def check_references(platform: PlatformConfig, specs: list[RepoSpec], *, check_sources: bool = True) -> list[Finding]:
+    """What the schema cannot see, checked from this machine: secrets, base images, each source and referenced
+    file. A secret that is not visible here is only a warning, because connections usually live in Airflow."""
+    findings = _secret_findings(str(platform.source_file), platform)
+    findings += _base_image_findings(platform, specs)
+    for spec in specs:
+        spec_file = str(spec.source_file)
+        findings += _secret_findings(spec_file, spec)
+        if check_sources:
+            findings += _source_findings(spec_file, spec.source)
+        if spec.synth.demo_issues is not None and not spec.synth.demo_issues.is_file():
+            findings.append(Finding(level="error", file=spec_file, field="synth.demo_issues",
+                                    problem=f"{spec.synth.demo_issues} does not exist; point it at a JSON file of "
+                                            "demonstration issues or remove the setting to use the packaged pool"))
+    return findings
+
+
+def _secret_refs(value: object, path: str = "") -> list[tuple[str, SecretRef]]:
+    """Every SecretRef inside a loaded config with its dotted field, wherever a section declares one."""
+    if isinstance(value, SecretRef):
+        return [(path, value)]
+    if isinstance(value, BaseModel):
+        items = [(name, getattr(value, name)) for name in type(value).model_fields]
+    elif isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        return []
+    return [found for key, item in items for found in _secret_refs(item, f"{path}.{key}" if path else str(key))]
+
+
+def _secret_findings(file: str, config: BaseModel) -> list[Finding]:
+    findings = []
+    for field, ref in _secret_refs(config):
+        conn_env = f"AIRFLOW_CONN_{ref.connection.upper()}" if ref.connection else None
+        if (ref.env and os.environ.get(ref.env)) or (conn_env and os.environ.get(conn_env)):
+            continue
+        unset = " and ".join(name for name in (ref.env, conn_env) if name)
+        advice = (f"fine if Airflow has the connection '{ref.connection}', else the secret is missing at run time"
+                  if conn_env else "set it where the tasks run")
+        findings.append(Finding(level="warning", file=file, field=field, problem=f"{unset} unset here; {advice}"))
+    return findings
+
+
+def _base_image_findings(platform: PlatformConfig, specs: list[RepoSpec]) -> list[Finding]:
+    """Each built repository's base image must be defined, and be in the engine or pullable; the engine part is
+    skipped when none answers here."""
+    if platform.images.sandbox == "local":
+        return []
+    from sera_ops.images import docker_client
+
+    findings, needed = [], {}
+    for spec in specs:
+        if spec.source in IMAGE_SOURCES:
+            continue
+        base = platform.images.base_for(spec.python_version)
+        if base is None:
+            findings.append(Finding(level="error", file=str(spec.source_file), field="python_version",
+                                    problem=f"{spec.python_version!r} has no base image (configured: "
+                                            f"{platform.images.describe_bases()}); add one to images.base_images in "
+                                            f"{platform.source_file}"))
+        else:
+            needed[base] = "images.base_images" if spec.python_version else "images.base_image"
+    if not needed:
+        return findings
+    client = docker_client()
+    if client is None:
+        return [*findings, Finding(level="note", file=str(platform.source_file), field="images", problem=(
+            f"base images not checked ({', '.join(sorted(needed))}): no Docker engine answers here"))]
+    for image, field in sorted(needed.items()):
+        problem = _image_problem(client, image)
+        if problem:
+            findings.append(Finding(level="error", file=str(platform.source_file), field=field, problem=(
+                f"image '{image}' is not in the Docker engine and cannot be pulled ({problem}); build it with "
+                "scripts/build_base_image.sh or name an image the engine can pull")))
+    return findings
+
+
+def _image_problem(client: Any, image: str) -> str | None:
+    """Why the engine can neither find nor pull `image` (a registry lookup, nothing is downloaded), or None."""
+    import docker.errors
+
+    try:
+        client.images.get(image)
+        return None
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.get_registry_data(image)
+        return None
+    except docker.errors.DockerException as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _source_findings(file: str, source: str) -> list[Finding]:
+    """Whether the resolved `source` can be read from here, as `sources.materialize` will need to."""
+    def error(problem: str) -> list[Finding]:
+        return [Finding(level="error", file=file, field="source", problem=problem)]
+
+    if source.startswith("bundled:"):
+        from sera_ops.testing.sample_repo import SAMPLE_REPOS
+
+        name = source.removeprefix("bundled:")
+        return [] if name in SAMPLE_REPOS else error(f"no bundled sample '{name}' (available: "
+                                                      f"{', '.join(SAMPLE_REPOS)})")
+    if GIT_REMOTE.match(source):
+        problem = _git_problem(["ls-remote", "--quiet", source, "HEAD"], Path.cwd())
+        return error(f"{source} cannot be read: {problem}; check the URL, the network and git's credentials for "
+                     "it") if problem else []
+    if not Path(source).is_absolute():
+        return [Finding(level="note", file=file, field="source",
+                        problem=f"'{source}' is not checked by `sera validate`; a run checks it when it starts")]
+    path = Path(source)
+    if not path.is_dir():
+        return error(f"{source} does not exist; give a local git checkout, a git URL or bundled:<sample>")
+    if not (path / ".git").exists() and not (path / "HEAD").exists():
+        return error(f"{source} is not a git repository; run `git init` and commit there, or point 'source' at a "
+                     "checkout")
+    if _git_problem(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], path):
+        return error(f"{source} has no commit on HEAD; commit the code first (only committed history is used)")
+    return []
+
+
+def _git_problem(args: list[str], cwd: Path) -> str | None:
+    """Why `git args` failed (stderr's last line, or a timeout), or None when it succeeded."""
+    import subprocess
+
+    from sera_ops.sources import GIT_ENV
+
+    env = {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=10"} | os.environ | GIT_ENV
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=SOURCE_CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"git {args[0]} did not answer within {SOURCE_CHECK_TIMEOUT_S:.0f} s"
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.strip().splitlines()
+    return lines[-1] if lines else f"git {args[0]} exited with {result.returncode}"

@@ -2,16 +2,19 @@
 
 SERA ran the code2flow CLI through a shell with globs and mapped its nodes back to files by basename and substring,
 which silently dropped ambiguous names, nested functions and methods defined in several files. Here the inventory is
-read straight from each file's AST, so every `def` is found exactly once with its file and lines. Sampling is seeded
-and `fns_per_repo` limits the whole repository, not each commit.
+read straight from each file's AST, so every `def` is found exactly once with its file and lines; a per-repository
+cache keyed by git blob id means a commit re-parses only the files it changed. SERA's call graph is not computed:
+nothing downstream used it. Sampling is seeded and `fns_per_repo` limits the whole repository, not each commit.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import logging
 import os
 import random
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,15 +22,25 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sera_ops.sources import SourceError, git
+from sera_ops.store import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
-INVENTORY_FORMAT_VERSION = 1
+INVENTORY_FORMAT_VERSION = 2  # 2: no call edges
 FIRST_INSTANCE_NUMBER = 10000
 
-_TEST_NAMES = frozenset({"test", "tests", "testing"})
-_NOT_CODE_FOLDERS = _TEST_NAMES | {"doc", "docs", "example", "examples", "benchmark", "benchmarks", "bench"}
-_FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef)
-_SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_TEST_DIRECTORIES = frozenset({"tests"})
+_TEST_MODULES = frozenset({"tests", "conftest"})
+# Top-level folders never auto-detected as code; `test`/`testing` here are suites (pytest keeps its own in testing/).
+_NOT_CODE_FOLDERS = frozenset({"test", "tests", "testing", "doc", "docs", "example", "examples", "benchmark",
+                               "benchmarks", "bench"})
+_STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers", "cases")
+_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses, and how, depends on the grammar
+_MAX_CACHED_BLOBS = 20_000
+
+# (dotted name, line, end line) of each function in one file (lists, once read back from the blob cache).
+_Definitions = list[tuple[str, int, int]]
 
 
 class InventoryError(ValueError):
@@ -133,38 +146,66 @@ def _no_code_folder_error(workdir: Path, tried: list[str]) -> InventoryError:
 
 
 def is_test_path(relative_path: str) -> bool:
-    """True for test code: a `test`/`tests`/`testing` directory, or a `test_*.py`/`*_test.py`/`conftest.py` file.
+    """True for the repository's own tests: anything under a `tests` directory, and files named `test_*.py`,
+    `*_test.py`, `tests.py` or `conftest.py` (what pytest and Django's test runner collect).
 
-    Whole path components are compared, so `testing_utils.py` or `contest/` are code (SERA's substring check on
-    `tests` dropped e.g. `latests.py` and kept `test/`).
+    Modules and packages named `test` or `testing` are code: in a library they are the test *support* its users import
+    (`werkzeug.test`, `django.test`, `click.testing`, `numpy.testing`, Django's `manage.py test` command), and the test
+    modules kept inside such a package are still caught by their file names. Whole path components are compared, so
+    `latests.py` or `contest/` are code too (SERA's substring check on `tests` dropped e.g. `latests.py`).
     """
-    *directories, filename = PurePosixPath(relative_path).parts
-    if any(directory.lower() in _TEST_NAMES for directory in directories):
+    *directories, filename = relative_path.lower().split("/")
+    if any(directory in _TEST_DIRECTORIES for directory in directories):
         return True
-    stem = filename.lower().removesuffix(".py")
-    return stem in _TEST_NAMES or stem == "conftest" or stem.startswith("test_") or stem.endswith("_test")
+    stem = filename.removesuffix(".py")
+    return stem in _TEST_MODULES or stem.startswith("test_") or stem.endswith("_test")
 
 
-def list_functions(workdir: Path, folders: list[str], max_depth: int | None = 3) -> list[StartFunction]:
+def list_functions(workdir: Path, folders: list[str], max_depth: int | None = 3,
+                   blob_cache: Path | None = None) -> list[StartFunction]:
     """Every function, async function, method and nested function in the folders' non-test `.py` files.
 
     A file's depth is its number of path components below the folder (`pkg/a/b/c.py` under `pkg` is 3, as SERA
     counted `*`s in `pkg/*/*/*.py`); files deeper than `max_depth` are left out, `None` or 0 keeps all. Files that do
     not parse are logged and skipped. Sorted by (file, line); a name defined twice in a file keeps its first `def`.
+
+    `blob_cache` (a JSON file shared by all commits of one repository) makes later commits cheap: when `workdir` is
+    the top of a git work tree, each file's definitions are stored under its git blob id, so only files whose content
+    is new get parsed. Files git does not track, or that differ from its index, are always parsed; without a cache
+    file or a git work tree every file is.
     """
     workdir = Path(workdir)
-    files: set[str] = set()
-    for folder in folders:
-        files.update(_python_files(workdir, folder, max_depth))
-    by_key: dict[str, StartFunction] = {}
-    for relative in sorted(files):
-        tree = _parse(workdir / relative)
-        if tree is None:
-            continue
-        for qualified_name, node, _ in _definitions(tree):
-            function = StartFunction(qualified_name, relative, node.lineno, node.end_lineno or node.lineno)
-            by_key.setdefault(function.key, function)
-    return sorted(by_key.values(), key=lambda function: (function.file, function.line, function.name))
+    files = code_files(workdir, folders, max_depth)
+    blob_ids = _blob_ids(workdir, folders) if blob_cache else {}
+    cached = _read_blob_cache(blob_cache) if blob_cache and blob_ids else {}
+    by_blob: dict[str, _Definitions | None] = {}
+    read = 0
+    found: list[StartFunction] = []
+    for relative in files:
+        blob = blob_ids.get(relative)
+        if blob in cached:
+            definitions = cached[blob]
+            if definitions is None:
+                logger.warning("skipping %s: it did not parse (result cached for blob %s)", relative, blob)
+        else:
+            source = _read(workdir / relative)
+            if source is None:
+                continue
+            definitions = _parse(source, workdir / relative)
+            read += 1
+        if blob:
+            by_blob[blob] = definitions
+        found.extend(StartFunction(name, relative, line, end_line) for name, line, end_line in definitions or ())
+    if blob_cache and by_blob.keys() - cached.keys():
+        _write_blob_cache(blob_cache, by_blob)
+    logger.info("inventory of %s: %d functions in %d files, %d read, the rest from the blob cache", workdir,
+                len(found), len(files), read)
+    return found
+
+
+def code_files(workdir: Path, folders: list[str], max_depth: int | None = 3) -> list[str]:
+    """The files `list_functions` reads: sorted repo-relative paths of the folders' non-test `.py` files."""
+    return sorted({relative for folder in folders for relative in _python_files(Path(workdir), folder, max_depth)})
 
 
 def _python_files(workdir: Path, folder: str, max_depth: int | None) -> Iterator[str]:
@@ -178,145 +219,133 @@ def _python_files(workdir: Path, folder: str, max_depth: int | None) -> Iterator
         if max_depth and depth_of_directory + 1 > max_depth:
             subdirectories[:] = []
             continue
+        relative_directory = Path(directory).relative_to(workdir).as_posix()
         for filename in filenames:
-            path = Path(directory, filename)
-            if not filename.endswith(".py") or path.is_symlink():
-                continue
-            relative = path.relative_to(workdir).as_posix()
-            if not is_test_path(relative):
+            relative = f"{relative_directory}/{filename}"
+            if filename.endswith(".py") and not is_test_path(relative) \
+                    and not os.path.islink(os.path.join(directory, filename)):
                 yield relative
 
 
-def _parse(path: Path) -> ast.Module | None:
-    """The file's AST, or None (logged) when it is not valid Python: one broken file must not sink the inventory."""
+def _read(path: Path) -> bytes | None:
     try:
-        source = path.read_bytes()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid escape sequences etc. are the repository's business
-            return ast.parse(source, filename=str(path))
-    except (SyntaxError, ValueError, RecursionError, OSError) as error:  # UnicodeDecodeError is a ValueError
-        logger.warning("skipping %s: cannot parse it (%s: %s)", path, type(error).__name__, error)
+        return path.read_bytes()
+    except OSError as error:  # not cached: unlike a syntax error it says nothing about the content
+        logger.warning("skipping %s: cannot read it (%s)", path, error)
         return None
 
 
-def _definitions(tree: ast.Module) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, str | None]]:
-    """(dotted name, node, enclosing class's dotted name or None) for every function, in source order."""
-
-    def visit(node: ast.AST, prefix: str, enclosing_class: str | None) -> Iterator[tuple[Any, ...]]:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, _SCOPE_NODES):
-                qualified_name = f"{prefix}{child.name}"
-                if isinstance(child, ast.ClassDef):
-                    yield from visit(child, f"{qualified_name}.", qualified_name)
-                else:
-                    yield qualified_name, child, enclosing_class
-                    yield from visit(child, f"{qualified_name}.", None)
-            else:
-                yield from visit(child, prefix, enclosing_class)
-
-    yield from visit(tree, "", None)
+def _parse(source: bytes, path: Path) -> _Definitions | None:
+    """The file's definitions, or None (logged) when it is not valid Python: one broken file must not sink the
+    inventory. A file without the keyword `def` has none and is not parsed at all."""
+    if b"def" not in source:
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escape sequences etc. are the repository's business
+            tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        logger.warning("skipping %s: cannot parse it (%s: %s)", path, type(error).__name__, error)
+        return None
+    return _definitions(tree)
 
 
-def call_edges(workdir: Path, functions: list[StartFunction]) -> dict[str, list[str]]:
-    """For each function key, the sorted keys of inventory functions it calls (the "downstream" of a start function).
+def _definitions(tree: ast.Module) -> _Definitions:
+    """(dotted name, line, end line) of every function, sorted by line; a name defined twice keeps its first `def`.
 
-    A call is resolved by its simple name: `self.f`/`cls.f` inside a method prefers the method's own class; otherwise
-    a unique match in the caller's file, else a unique match in the whole inventory. A bare `f(...)` never means a
-    method. Ambiguous or unknown names (builtins, libraries) are skipped. Calls inside a nested function belong to it.
+    Only statement lists are walked, with an explicit stack: a `def` cannot occur inside an expression, and skipping
+    expressions (most of a tree's nodes) makes this several times faster than a generic `ast` visit.
     """
-    workdir = Path(workdir)
-    keys = {function.key for function in functions}
-    calls_by_key: dict[str, tuple[str | None, list[_CallSite]]] = {}
-    method_keys: set[str] = set()
-    for relative in sorted({function.file for function in functions}):
-        tree = _parse(workdir / relative)
-        if tree is None:
-            continue
-        for qualified_name, node, enclosing_class in _definitions(tree):
-            key = f"{relative}::{qualified_name}"
-            if key in keys and key not in calls_by_key:
-                calls_by_key[key] = (enclosing_class, [_call_site(call) for call in _calls_in(node)])
-                if enclosing_class:
-                    method_keys.add(key)
-
-    by_simple_name: dict[str, list[StartFunction]] = defaultdict(list)
-    for function in functions:
-        by_simple_name[function.name.rsplit(".", 1)[-1]].append(function)
-    edges: dict[str, list[str]] = {}
-    for function in functions:
-        enclosing_class, call_sites = calls_by_key.get(function.key, (None, []))
-        callees = set()
-        for simple_name, receiver in call_sites:
-            candidates = [candidate for candidate in by_simple_name.get(simple_name, [])
-                          if receiver is not None or candidate.key not in method_keys]
-            callee = _resolve(candidates, simple_name, receiver, function.file, enclosing_class)
-            if callee:
-                callees.add(callee)
-        edges[function.key] = sorted(callees)
-    return edges
-
-
-# (simple name, receiver): `f(...)` → ("f", None); `x.f(...)` → ("f", "x"); `a.b.f(...)` → ("f", "").
-_CallSite = tuple[str, str | None]
-
-
-def _calls_in(function: ast.FunctionDef | ast.AsyncFunctionDef) -> Iterator[ast.Call]:
-    """Calls made by the function's own body and signature, not by functions or classes defined inside it."""
-    pending: list[ast.AST] = [*function.decorator_list, function.args, *function.body]
-    if function.returns:
-        pending.append(function.returns)
+    found: list[tuple[str, int, int]] = []
+    pending: list[tuple[list[Any], str]] = [(tree.body, "")]
     while pending:
-        node = pending.pop()
-        if isinstance(node, ast.Call):
-            yield node
-        if not isinstance(node, _SCOPE_NODES):
-            pending.extend(ast.iter_child_nodes(node))
+        statements, prefix = pending.pop()
+        for node in statements:
+            kind = type(node)
+            if kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+                name = prefix + node.name
+                found.append((name, node.lineno, node.end_lineno or node.lineno))
+                pending.append((node.body, name + "."))
+            elif kind is ast.ClassDef:
+                pending.append((node.body, f"{prefix}{node.name}."))
+            else:  # if/for/while/with/try/match: their nested statement lists (handlers and cases have a body)
+                pending.extend((nested, prefix) for field in _STATEMENT_LISTS if (nested := getattr(node, field, None)))
+    found.sort(key=lambda definition: definition[1])
+    first: dict[str, tuple[str, int, int]] = {}
+    for definition in found:
+        first.setdefault(definition[0], definition)
+    return list(first.values())
 
 
-def _call_site(call: ast.Call) -> _CallSite:
-    target = call.func
-    if isinstance(target, ast.Name):
-        return target.id, None
-    if isinstance(target, ast.Attribute):
-        return target.attr, target.value.id if isinstance(target.value, ast.Name) else ""
-    return "", None  # e.g. `handlers[name](...)`: no name to resolve
+def _blob_ids(workdir: Path, folders: list[str]) -> dict[str, str]:
+    """Repo-relative path -> git blob id of the folders' files that git tracks unchanged in `workdir`, from one
+    `git ls-files` call; empty when `workdir` is not the top of a git work tree or git fails (then every file is
+    parsed)."""
+    if not (workdir / ".git").exists():
+        return {}
+    try:  # `-t` tags index entries `H` and, with `-m`, files whose work-tree copy differs from the index `C`
+        listing = git("--literal-pathspecs", "ls-files", "--stage", "--modified", "-t", "-z", "--", *folders,
+                      cwd=workdir)
+    except (SourceError, OSError) as error:
+        logger.info("no blob ids for %s, parsing every file: %s", workdir, error)
+        return {}
+    blobs: dict[str, str] = {}
+    changed: set[str] = set()
+    for entry in listing.split(b"\0"):
+        if not entry:
+            continue
+        info, _, path = entry.partition(b"\t")
+        tag, _mode, blob, stage = info.decode().split(" ")
+        if tag == "H" and stage == "0":
+            blobs[os.fsdecode(path)] = blob
+        else:
+            changed.add(os.fsdecode(path))
+    return {path: blob for path, blob in blobs.items() if path not in changed}
 
 
-def _resolve(candidates: list[StartFunction], simple_name: str, receiver: str | None, caller_file: str,
-             caller_class: str | None) -> str | None:
-    if caller_class and receiver in ("self", "cls"):
-        own_method = [candidate for candidate in candidates
-                      if candidate.file == caller_file and candidate.name == f"{caller_class}.{simple_name}"]
-        if own_method:
-            return own_method[0].key
-    same_file = [candidate for candidate in candidates if candidate.file == caller_file]
-    if same_file:
-        return same_file[0].key if len(same_file) == 1 else None
-    return candidates[0].key if len(candidates) == 1 else None
+def _read_blob_cache(path: Path) -> dict[str, _Definitions | None]:
+    """The cached definitions by blob id; empty when the file is missing, unreadable or of another format/Python."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("version") != INVENTORY_FORMAT_VERSION \
+            or document.get("python") != _PYTHON or not isinstance(document.get("blobs"), dict):
+        logger.info("blob cache %s is of another format or Python version; starting a new one", path)
+        return {}
+    return document["blobs"]
 
 
-def inventory_to_json(functions: list[StartFunction], edges: dict[str, list[str]]) -> dict[str, Any]:
+def _write_blob_cache(path: Path, by_blob: dict[str, _Definitions | None]) -> None:
+    """Merge this commit's blobs into the cache file and replace it atomically.
+
+    Tasks of different commits may write concurrently: each re-reads the file just before replacing it, so at worst a
+    racing writer's new entries are lost and parsed again later. This commit's blobs go last and only the newest
+    `_MAX_CACHED_BLOBS` are kept, so the file (read whole by every inventory) stays small.
+    """
+    merged = {blob: definitions for blob, definitions in _read_blob_cache(path).items() if blob not in by_blob}
+    merged.update(by_blob)
+    kept = dict(list(merged.items())[-_MAX_CACHED_BLOBS:])
+    document = {"version": INVENTORY_FORMAT_VERSION, "python": _PYTHON, "blobs": kept}
+    atomic_write_text(path, json.dumps(document, separators=(",", ":")))
+
+
+def inventory_to_json(functions: list[StartFunction]) -> dict[str, Any]:
     """The per-commit cache document; versioned so a format change is noticed rather than misread."""
-    return {
-        "version": INVENTORY_FORMAT_VERSION,
-        "functions": [function.to_dict() for function in functions],
-        "edges": {key: list(callees) for key, callees in sorted(edges.items())},
-    }
+    return {"version": INVENTORY_FORMAT_VERSION, "functions": [function.to_dict() for function in functions]}
 
 
-def inventory_from_json(data: dict[str, Any]) -> tuple[list[StartFunction], dict[str, list[str]]]:
+def inventory_from_json(data: dict[str, Any]) -> list[StartFunction]:
     """Inverse of `inventory_to_json`; a cache of another version or shape raises InventoryError (recompute it)."""
     if not isinstance(data, dict) or data.get("version") != INVENTORY_FORMAT_VERSION:
         found = data.get("version") if isinstance(data, dict) else type(data).__name__
         raise InventoryError(f"inventory cache has version {found!r}, expected {INVENTORY_FORMAT_VERSION}; "
                              "delete it so the inventory is recomputed")
     try:
-        functions = [StartFunction.from_dict(item) for item in data["functions"]]
-        edges = {str(key): [str(callee) for callee in callees] for key, callees in data.get("edges", {}).items()}
+        return [StartFunction.from_dict(item) for item in data["functions"]]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise InventoryError(f"inventory cache is malformed ({type(error).__name__}: {error}); delete it so the "
                              "inventory is recomputed") from error
-    return functions, edges
 
 
 def sample_instances(repo: str, functions_by_commit: dict[str, list[StartFunction]], fns_per_repo: int,

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sera_ops import dataset, functions, history, images, prompts, sources, synth
-from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, resolve_secret
+from sera_ops import dataset, functions, history, image_sources, images, prompts, sources, synth
+from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.rollouts import Rollout, redact, run_episode
 from sera_ops.store import RunStore, read_json
 from sera_ops.teachers import TeacherClient
@@ -88,6 +88,12 @@ class RunContext:
     def function_limit(self) -> int:
         return self.params.max_functions or self.spec.fns_per_repo
 
+    def confinement(self) -> dict[str, Any]:
+        """How this run's episodes are confined: the repository's limits, the run label (to reap orphans), and the
+        platform's policy for local episodes without bubblewrap."""
+        return {"limits": self.spec.sandbox, "run_id": self.store.run_id,
+                "allow_unconfined_local": self.platform.images.allow_unconfined_local}
+
     def api_key(self) -> str | None:
         return resolve_secret(self.server.api_key, self.connection_lookup)
 
@@ -101,6 +107,9 @@ class RunContext:
         values.append(self.registry_password())
         if self.platform.github:
             values.append(resolve_secret(self.platform.github.token, self.connection_lookup))
+        for build_env in (self.platform.images.build_env, self.spec.install_env):
+            values += [resolve_secret(ref, self.connection_lookup) for ref in build_env.values()
+                       if isinstance(ref, SecretRef)]
         return [value for value in values if value]
 
 
@@ -108,9 +117,12 @@ class RunContext:
 
 
 def select_commits(ctx: RunContext) -> list[str]:
-    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
-    chosen = sources.select_commits(repo_path, ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
-                                    ctx.spec.lookback_days)
+    if image_sources.is_image_source(ctx.spec):
+        chosen = image_sources.select(ctx.spec, ctx.params.commits or ctx.spec.commits)
+    else:
+        repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+        chosen = sources.select_commits(repo_path, ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
+                                        ctx.spec.lookback_days)
     skipped: list[str] = []
     if ctx.incremental:
         seen = history.seen_commits(ctx.store)
@@ -135,6 +147,9 @@ def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
     if settings is None:
         log.info("mirroring is off: platform.yaml has no 'github:' section")
         return None
+    if image_sources.is_image_source(ctx.spec):
+        log.info("repo %s: nothing to mirror, its sources are existing images", ctx.spec.name)
+        return None
     from sera_ops import mirror as mirroring
 
     repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
@@ -146,12 +161,16 @@ def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
 
 
 def _snapshot(ctx: RunContext, commit: str) -> sources.RepoSnapshot:
+    if image_sources.is_image_source(ctx.spec):
+        return image_sources.snapshot(ctx, commit)
     repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
     return sources.snapshot(repo_path, commit, ctx.store.snapshot_dir(commit), ctx.spec.name)
 
 
 def build_image(ctx: RunContext, commit: str) -> dict:
     """The commit's image (docker) or local sandbox, recorded in images/<commit>.json."""
+    if image_sources.is_image_source(ctx.spec):
+        return image_sources.record_image(ctx, commit)
     snap = _snapshot(ctx, commit)
     mode = ctx.platform.images.sandbox
     client = images.docker_client() if mode in ("auto", "docker") else None
@@ -161,27 +180,30 @@ def build_image(ctx: RunContext, commit: str) -> dict:
     if client is None:
         ref = images.local_sandbox(ctx.spec.name, commit, Path(snap.workdir))
     else:
-        ref = images.build_commit_image(client, repo=ctx.spec.name, commit=commit, snapshot_dir=Path(snap.workdir),
-                                        install_cmds=ctx.spec.install_cmds, images=ctx.platform.images,
-                                        registry=ctx.platform.registry, registry_password=ctx.registry_password(),
-                                        python_version=ctx.spec.python_version)
+        recipe = images.build_recipe(ctx.platform.images, ctx.spec, ctx.connection_lookup)
+        ref = images.build_commit_image(client, recipe, commit=commit, snapshot_dir=Path(snap.workdir),
+                                        top_level_folder=ctx.spec.top_level_folder, registry=ctx.platform.registry,
+                                        registry_password=ctx.registry_password(),
+                                        lock_dir=ctx.store.repo_dir / "cache" / "locks")
     ctx.store.write_json(ctx.store.path("images", f"{commit}.json"), ref.to_dict())
     return ref.to_dict()
 
 
 def inventory(ctx: RunContext, commit: str) -> dict:
-    """The commit's function inventory, cached per commit across runs."""
+    """The commit's function inventory, cached per commit across runs; files an earlier commit already had are not
+    parsed again (the repository's blob cache)."""
     cache = ctx.store.inventory_path(commit)
     if cache.exists():
         try:
-            found, _ = functions.inventory_from_json(read_json(cache))
+            found = functions.inventory_from_json(read_json(cache))
             return {"commit": commit, "functions": len(found), "cached": True}
         except functions.InventoryError:
             log.info("inventory cache %s is outdated; recomputing", cache)
     workdir = Path(_snapshot(ctx, commit).workdir)
     folders = functions.detect_code_folders(workdir, ctx.spec.name, ctx.spec.top_level_folder)
-    found = functions.list_functions(workdir, folders, ctx.spec.max_folder_depth)
-    ctx.store.write_json(cache, functions.inventory_to_json(found, functions.call_edges(workdir, found)))
+    found = functions.list_functions(workdir, folders, ctx.spec.max_folder_depth,
+                                     blob_cache=cache.parent / "blobs.json")
+    ctx.store.write_json(cache, functions.inventory_to_json(found))
     log.info("repo %s commit %s: %d functions in %s", ctx.spec.name, commit[:12], len(found), ", ".join(folders))
     return {"commit": commit, "functions": len(found), "cached": False}
 
@@ -206,7 +228,7 @@ def sample(ctx: RunContext) -> int:
     by_commit, prints = {}, {}
     for commit in ready:
         snapshot = ctx.store.snapshot_dir(commit)
-        found = functions.inventory_from_json(read_json(ctx.store.inventory_path(commit)))[0]
+        found = functions.inventory_from_json(read_json(ctx.store.inventory_path(commit)))
         keyed = {(commit, f.key): history.fingerprint(snapshot, f) for f in found}
         by_commit[commit] = [f for f in found if keyed[(commit, f.key)] not in seen]
         prints.update(keyed)
@@ -301,7 +323,7 @@ def rollout_one(ctx: RunContext, batch_id: str) -> dict:
             rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,
                                   image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
                                   settings=settings, trajectory_path=traj_path, secrets=secrets,
-                                  template_index=template)
+                                  template_index=template, **ctx.confinement())
             judgement = synth.Judgement(is_good_patch=False, answer=None, calls=0)
             if rollout.patch.strip():
                 steps = synth.agent_steps(read_json(traj_path), ctx.spec.synth.observation_chars)
@@ -360,7 +382,7 @@ def rollout_two(ctx: RunContext, batch_id: str) -> dict:
                               image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
                               settings=ctx.spec.rollout,
                               trajectory_path=ctx.store.instance_file(instance.instance_id, "rollout2.traj.json"),
-                              secrets=secrets)
+                              secrets=secrets, **ctx.confinement())
         ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"), rollout.to_dict())
 
     return _for_each(ctx, batch_id, "rollout2", "rollout2.json", eligible, work)
@@ -390,7 +412,7 @@ def assemble(ctx: RunContext) -> dict:
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "model_server": ctx.server_name,
         "threshold": ctx.threshold, "format": ctx.spec.postprocess.format,
         "commits": {"selected": len(ready) + len(failed), "ready": len(ready), "failed": failed},
-        "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c)))[0])
+        "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c))))
                          for c in ready),
     }
     return dataset.assemble(ctx.store, ctx.spec.postprocess, header)

@@ -1,9 +1,11 @@
 """One agent episode with mini-swe-agent: a task in, a trajectory and a patch out.
 
 An episode ends normally when the agent submits or hits its step, time or format-error limit; anything else (the
-teacher unreachable after the client's retries, a broken sandbox) raises EpisodeError, so the instance is retried
-rather than recorded as finished. The patch is the sandbox's `git diff` after the episode (also when a limit cut it
-short), not what the agent chose to print; the trajectory is saved with every configured secret redacted.
+teacher unreachable after the client's retries, a broken sandbox, a work tree the agent made unreadable) raises
+EpisodeError, so the instance is retried rather than recorded as finished. The patch is the sandbox's `git diff` after
+the episode (also when a limit cut it short), not what the agent chose to print; the trajectory is saved with every
+configured secret redacted. The sandbox limits the episode ran into (wall clock, command timeout, memory, processes)
+are recorded with the rollout, or named in the error.
 """
 
 from __future__ import annotations
@@ -11,21 +13,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sera_ops import prompts
-from sera_ops.config import ModelServer, RolloutSettings
+from sera_ops.config import ModelServer, RolloutSettings, SandboxLimits
 from sera_ops.images import ImageRef
-from sera_ops.sandbox import open_sandbox
+from sera_ops.sandbox import SandboxError, open_sandbox, reap_orphans, trusted_unconfined
 from sera_ops.store import atomic_write_text
 from sera_ops.teachers import AgentModel
 
 log = logging.getLogger(__name__)
 
 REDACTED = "[REDACTED]"
+_reaped_runs: set[str] = set()
+_reap_lock = threading.Lock()
 
 
 class EpisodeError(RuntimeError):
@@ -46,6 +51,7 @@ class Rollout:
     duration_s: float
     trajectory_file: str
     template_index: int | None = None
+    limits_hit: list[str] = field(default_factory=list)
 
     @property
     def submitted(self) -> bool:
@@ -72,8 +78,14 @@ def redact(data: Any, secrets: list[str]) -> Any:
 
 def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image: ImageRef, server: ModelServer,
                 api_key: str | None, settings: RolloutSettings, trajectory_path: Path, secrets: list[str],
-                template_index: int | None = None) -> Rollout:
+                template_index: int | None = None, limits: SandboxLimits | None = None, run_id: str | None = None,
+                allow_unconfined_local: bool = False) -> Rollout:
+    """One episode in a fresh sandbox. `run_id` labels its container (and, on this process's first episode of the
+    run, reaps the run's orphans); `allow_unconfined_local` is the platform's `images.allow_unconfined_local`."""
     from minisweagent.agents.default import DefaultAgent
+
+    if run_id and image.kind == "docker":
+        _reap_once(run_id)
 
     templates = prompts.agent_templates()
     model = AgentModel(server, api_key, temperature=settings.temperature, max_tokens=settings.max_tokens,
@@ -81,8 +93,9 @@ def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image:
                        format_error_template=templates["format_error_template"])
     started = time.monotonic()
     error = None
-    with open_sandbox(image, command_timeout_s=settings.command_timeout_s,
-                      name=f"{instance_id}-r{stage}-a{attempt}") as sandbox:
+    with open_sandbox(image, command_timeout_s=settings.command_timeout_s, name=f"{instance_id}-r{stage}-a{attempt}",
+                      limits=limits, time_limit_s=settings.time_limit_s, run_id=run_id,
+                      allow_unconfined=allow_unconfined_local or trusted_unconfined(server)) as sandbox:
         agent = DefaultAgent(model, sandbox.env, system_template=templates["system_template"],
                              instance_template=templates["instance_template"], step_limit=settings.step_limit,
                              cost_limit=0, wall_time_limit_seconds=math.ceil(settings.time_limit_s))
@@ -90,15 +103,29 @@ def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image:
             agent.run(task)
         except Exception as exc:  # the teacher is unreachable or something broke: not a finished episode
             error = exc
-        patch = sandbox.patch()
+        try:
+            patch = sandbox.patch()
+        except SandboxError as exc:  # e.g. the agent deleted .git: nothing trustworthy to record
+            error, patch = error or exc, ""
+        limits_hit = sandbox.limits_hit
     trajectory = redact(agent.serialize({"instance_id": instance_id}), secrets)
     atomic_write_text(trajectory_path, json.dumps(trajectory, indent=1))
     if error is not None:
+        hit = f" [limits hit: {'; '.join(limits_hit)}]" if limits_hit else ""
         raise EpisodeError(f"instance {instance_id} rollout {stage}: {type(error).__name__}: "
-                           f"{redact(str(error), secrets)}") from None
+                           f"{redact(str(error), secrets)}{hit}") from None
     return Rollout(instance_id=instance_id, stage=stage, attempt=attempt, task=redact(task, secrets),
                    exit_status=trajectory["info"]["exit_status"], patch=redact(patch, secrets),
                    model_calls=model.usage.calls,
                    prompt_tokens=model.usage.prompt_tokens, completion_tokens=model.usage.completion_tokens,
                    duration_s=round(time.monotonic() - started, 3),
-                   trajectory_file=trajectory_path.name, template_index=template_index)
+                   trajectory_file=trajectory_path.name, template_index=template_index, limits_hit=limits_hit)
+
+
+def _reap_once(run_id: str) -> None:
+    """Remove the run's containers left by dead workers, once per run in this process (its first episode)."""
+    with _reap_lock:
+        if run_id in _reaped_runs:
+            return
+        _reaped_runs.add(run_id)
+    reap_orphans(run_id)

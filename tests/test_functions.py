@@ -1,17 +1,19 @@
-"""Function inventory: code-folder detection, AST inventory, call edges, cache format and seeded sampling."""
+"""Function inventory: code-folder detection, AST inventory, test filter, blob cache, cache format, seeded sampling."""
 
 import json
 import logging
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from sera_ops import functions as inventory_module
 from sera_ops.functions import (
+    INVENTORY_FORMAT_VERSION,
     Instance,
     InventoryError,
     StartFunction,
-    call_edges,
     detect_code_folders,
     inventory_from_json,
     inventory_to_json,
@@ -171,11 +173,17 @@ def test_depth_filter_counts_components_below_the_folder(tmp_path):
 
 @pytest.mark.parametrize(("path", "is_test"), [
     ("pkg/tests/helpers.py", True),
-    ("pkg/test/helpers.py", True),
-    ("pkg/testing/helpers.py", True),
+    ("pkg/sub/tests/__init__.py", True),
     ("pkg/test_parser.py", True),
+    ("pkg/test/test_client.py", True),
     ("pkg/parser_test.py", True),
     ("pkg/conftest.py", True),
+    ("pkg/contrib/admin/tests.py", True),
+    ("pkg/testing.py", False),  # test support the package's users import (click.testing, werkzeug.test)
+    ("pkg/test.py", False),
+    ("pkg/testing/helpers.py", False),  # numpy.testing
+    ("pkg/test/client.py", False),  # django.test
+    ("pkg/management/commands/test.py", False),
     ("pkg/testing_utils.py", False),
     ("pkg/latests.py", False),
     ("pkg/contest/attest.py", False),
@@ -185,13 +193,19 @@ def test_test_paths_are_matched_by_component(path, is_test):
     assert is_test_path(path) is is_test
 
 
-def test_test_files_are_skipped_but_testing_utils_is_not(tmp_path):
+def test_test_files_are_skipped_but_test_support_modules_are_not(tmp_path):
     write(tmp_path, "pkg/tests/test_core.py", "def test_a(): pass\n")
     write(tmp_path, "pkg/tests/helpers.py", "def helper(): pass\n")
     write(tmp_path, "pkg/test_thing.py", "def test_b(): pass\n")
     write(tmp_path, "pkg/conftest.py", "def fixture(): pass\n")
+    write(tmp_path, "pkg/app/tests.py", "def test_c(): pass\n")
+    write(tmp_path, "pkg/test/__init__.py", "")
+    write(tmp_path, "pkg/test/client.py", "class Client:\n    def get(self): pass\n")
+    write(tmp_path, "pkg/test/test_client.py", "def test_get(): pass\n")
+    write(tmp_path, "pkg/testing.py", "def assert_equal(a, b): pass\n")
     write(tmp_path, "pkg/testing_utils.py", "def make_fake(): pass\n")
-    assert names(list_functions(tmp_path, ["pkg"])) == ["pkg/testing_utils.py::make_fake"]
+    assert names(list_functions(tmp_path, ["pkg"])) == [
+        "pkg/test/client.py::Client.get", "pkg/testing.py::assert_equal", "pkg/testing_utils.py::make_fake"]
 
 
 def test_unparsable_files_are_logged_and_skipped(tmp_path, caplog):
@@ -222,85 +236,118 @@ def test_missing_folder_is_an_inventory_error(tmp_path):
         list_functions(tmp_path, ["nope"])
 
 
-# --- call edges ------------------------------------------------------------------------------------------------------
+# --- blob cache ------------------------------------------------------------------------------------------------------
 
-def test_call_edges_resolve_same_file_then_unique_names(tmp_path):
-    write(tmp_path, "pkg/a.py", """\
-        from pkg.b import unique_helper, shared
-
-
-        def run():
-            local()
-            unique_helper()
-            shared()
-            len([])
+def git_snapshot(path: Path) -> Path:
+    """A one-commit repository like `sources.snapshot` makes."""
+    identity = ["-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
+    for args in (["init", "--quiet"], ["add", "--all"], [*identity, "commit", "--quiet", "-m", "snapshot"]):
+        subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
+    return path
 
 
-        def local():
-            def inner():
-                return unique_helper()
-            return inner()
+@pytest.fixture
+def parse_spy(monkeypatch) -> list[str]:
+    """The files `list_functions` parses, in order."""
+    parsed: list[str] = []
+    real_parse = inventory_module._parse
+
+    def spy(source: bytes, path: Path):
+        parsed.append(path.name)
+        return real_parse(source, path)
+
+    monkeypatch.setattr(inventory_module, "_parse", spy)
+    return parsed
 
 
-        class Service:
-            def start(self):
-                return self.stop()
-
-            def stop(self):
-                return helper_method()
-        """)
-    write(tmp_path, "pkg/b.py", """\
-        def unique_helper():
-            pass
-
-
-        def shared():
-            pass
+def two_commits(tmp_path: Path) -> tuple[Path, Path]:
+    """Two snapshots of a package: the second changes `b.py` only."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for root, body in ((first, "return 1"), (second, "return 2\n\ndef added(): pass")):
+        write(root, "pkg/a.py", "def a(): pass\n")
+        write(root, "pkg/b.py", f"def b():\n    {body}\n")
+        write(root, "pkg/c.py", "class C:\n    def c(self): pass\n")
+        git_snapshot(root)
+    return first, second
 
 
-        class Other:
-            def stop(self):
-                pass
-        """)
-    write(tmp_path, "pkg/c.py", """\
-        def shared():
-            pass
+def test_blob_cache_reparses_only_changed_files(tmp_path, parse_spy):
+    first, second = two_commits(tmp_path)
+    cache = tmp_path / "cache" / "blobs.json"
+    before = list_functions(first, ["pkg"], blob_cache=cache)
+    assert sorted(parse_spy) == ["a.py", "b.py", "c.py"] and cache.exists()
+
+    parse_spy.clear()
+    after = list_functions(second, ["pkg"], blob_cache=cache)
+    assert parse_spy == ["b.py"]
+    assert after == list_functions(second, ["pkg"])  # the same answer as without a cache
+    assert names(after) == ["pkg/a.py::a", "pkg/b.py::b", "pkg/b.py::added", "pkg/c.py::C.c"]
+    assert names(before) == ["pkg/a.py::a", "pkg/b.py::b", "pkg/c.py::C.c"]
+
+    parse_spy.clear()
+    assert list_functions(first, ["pkg"], blob_cache=cache) == before  # both commits' blobs are kept
+    assert parse_spy == []
 
 
-        def helper_method():
-            pass
-        """)
-    functions = list_functions(tmp_path, ["pkg"])
-    edges = call_edges(tmp_path, functions)
-    assert set(edges) == {function.key for function in functions}
-    assert edges["pkg/a.py::run"] == ["pkg/a.py::local", "pkg/b.py::unique_helper"]  # `shared` is ambiguous
-    assert edges["pkg/a.py::local"] == ["pkg/a.py::local.inner"]  # the inner call belongs to `inner`
-    assert edges["pkg/a.py::local.inner"] == ["pkg/b.py::unique_helper"]
-    assert edges["pkg/a.py::Service.start"] == ["pkg/a.py::Service.stop"]  # not Other.stop
-    assert edges["pkg/a.py::Service.stop"] == ["pkg/c.py::helper_method"]
-    assert edges["pkg/b.py::Other.stop"] == []
+def test_concurrent_writers_merge_their_blobs(tmp_path, monkeypatch):
+    """Another commit's task writes the cache while this one parses: neither's blobs are lost."""
+    first, second = two_commits(tmp_path)
+    cache = tmp_path / "blobs.json"
+    real_parse = inventory_module._parse
+
+    def racing_parse(source: bytes, path: Path):
+        if not cache.exists():
+            monkeypatch.setattr(inventory_module, "_parse", real_parse)
+            list_functions(first, ["pkg"], blob_cache=cache)
+        return real_parse(source, path)
+
+    monkeypatch.setattr(inventory_module, "_parse", racing_parse)
+    list_functions(second, ["pkg"], blob_cache=cache)
+    blobs = json.loads(cache.read_text())["blobs"]
+    assert len(blobs) == 4  # a.py and c.py are shared, b.py differs
+    assert sorted(name for definitions in blobs.values() for name, _, _ in definitions) == ["C.c", "a", "added", "b",
+                                                                                            "b"]
 
 
-def test_bare_calls_never_resolve_to_methods(tmp_path):
-    write(tmp_path, "pkg/m.py", """\
-        from elsewhere import close
+def test_blob_cache_ignores_edited_and_untracked_files(tmp_path, parse_spy):
+    first, _ = two_commits(tmp_path)
+    cache = tmp_path / "blobs.json"
+    list_functions(first, ["pkg"], blob_cache=cache)
+    write(first, "pkg/a.py", "def edited(): pass\n")  # differs from the index: its blob id says nothing
+    write(first, "pkg/new.py", "def untracked(): pass\n")
+    parse_spy.clear()
+    found = list_functions(first, ["pkg"], blob_cache=cache)
+    assert sorted(parse_spy) == ["a.py", "new.py"]
+    assert "pkg/a.py::edited" in names(found) and "pkg/new.py::untracked" in names(found)
 
 
-        def shutdown():
-            close()
+def test_blob_cache_is_optional_and_format_checked(tmp_path, parse_spy):
+    write(tmp_path, "plain/pkg/m.py", "def f(): pass\n")
+    cache = tmp_path / "blobs.json"
+    assert names(list_functions(tmp_path / "plain", ["pkg"], blob_cache=cache)) == ["pkg/m.py::f"]
+    assert not cache.exists()  # not a git work tree: nothing to key the cache by
+
+    snapshot = git_snapshot(tmp_path / "plain")
+    cache.write_text(json.dumps({"version": INVENTORY_FORMAT_VERSION - 1, "python": "0.0", "blobs": {}}))
+    parse_spy.clear()
+    assert names(list_functions(snapshot, ["pkg"], blob_cache=cache)) == ["pkg/m.py::f"]
+    assert parse_spy == ["m.py"]
+    assert json.loads(cache.read_text())["version"] == INVENTORY_FORMAT_VERSION  # replaced, not misread
+
+    cache.write_text("{not json")
+    assert names(list_functions(snapshot, ["pkg"], blob_cache=cache)) == ["pkg/m.py::f"]
 
 
-        def disconnect(conn):
-            conn.close()
-
-
-        class Conn:
-            def close(self):
-                pass
-        """)
-    edges = call_edges(tmp_path, list_functions(tmp_path, ["pkg"]))
-    assert edges["pkg/m.py::shutdown"] == []  # the imported `close`, not the method
-    assert edges["pkg/m.py::disconnect"] == ["pkg/m.py::Conn.close"]
+def test_unparsable_files_are_cached_as_such(tmp_path, parse_spy, caplog):
+    write(tmp_path, "pkg/bad.py", "def broken(:\n")
+    write(tmp_path, "pkg/good.py", "def fine(): pass\n")
+    git_snapshot(tmp_path)
+    cache = tmp_path.parent / f"{tmp_path.name}-blobs.json"
+    assert names(list_functions(tmp_path, ["pkg"], blob_cache=cache)) == ["pkg/good.py::fine"]
+    parse_spy.clear()
+    with caplog.at_level(logging.WARNING, logger="sera_ops.functions"):
+        assert names(list_functions(tmp_path, ["pkg"], blob_cache=cache)) == ["pkg/good.py::fine"]
+    assert parse_spy == [] and "pkg/bad.py" in caplog.text
 
 
 # --- cache format ----------------------------------------------------------------------------------------------------
@@ -308,17 +355,16 @@ def test_bare_calls_never_resolve_to_methods(tmp_path):
 def test_inventory_json_round_trip(tmp_path):
     write(tmp_path, "pkg/m.py", "def a():\n    b()\n\ndef b(): pass\n")
     functions = list_functions(tmp_path, ["pkg"])
-    edges = call_edges(tmp_path, functions)
-    document = json.loads(json.dumps(inventory_to_json(functions, edges)))
-    assert inventory_from_json(document) == (functions, edges)
-    assert edges == {"pkg/m.py::a": ["pkg/m.py::b"], "pkg/m.py::b": []}
+    document = json.loads(json.dumps(inventory_to_json(functions)))
+    assert set(document) == {"version", "functions"}
+    assert inventory_from_json(document) == functions
 
 
 def test_inventory_json_rejects_other_versions_and_shapes():
-    with pytest.raises(InventoryError, match="version"):
-        inventory_from_json({"version": 99, "functions": [], "edges": {}})
+    with pytest.raises(InventoryError, match="version 1, expected 2"):  # version 1 carried call edges
+        inventory_from_json({"version": 1, "functions": [], "edges": {}})
     with pytest.raises(InventoryError, match="malformed"):
-        inventory_from_json({"version": 1, "functions": [{"name": "f"}], "edges": {}})
+        inventory_from_json({"version": INVENTORY_FORMAT_VERSION, "functions": [{"name": "f"}]})
 
 
 def test_records_round_trip_through_dicts():

@@ -53,7 +53,8 @@ def test_engine_answers_ping(docker_client):
 @pytest.mark.docker
 def test_base_image_runs_python_and_git_offline(docker_client):
     image = docker_client.images.get(BASE_IMAGE)
-    assert "PIP_NO_INDEX=1" in image.attrs["Config"]["Env"]
+    # installs reach an index or wheelhouse through images.build_env; the base does not force offline pip
+    assert not any(item.startswith("PIP_NO_INDEX") for item in image.attrs["Config"]["Env"])
     probe = "import ssl, sqlite3, sys; print(sys.version_info[:2])"
     version = run_in(docker_client, BASE_IMAGE, ["python3", "-c", probe])
     assert version.strip() == "(3, 11)"

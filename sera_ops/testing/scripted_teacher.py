@@ -585,6 +585,10 @@ class ScriptedTeacher(LoopbackServer):
             self._stopping.wait(self.config.stall_s)
         return HTTPStatus.OK, self._completion(request, messages, number)
 
+    def agent_action(self, task: str, messages: list[dict]) -> tuple[str, str]:
+        """(thought, command) of the next agent turn; subclasses play other scripts."""
+        return _next_action(_target(task, self.config), _history(messages))
+
     def _completion(self, request: dict, messages: list[dict], number: int) -> dict:
         system, user = _first(messages, "system").strip(), _first(messages, "user")
         tools = bool(request.get("tools"))
@@ -594,7 +598,7 @@ class ScriptedTeacher(LoopbackServer):
             kind, message = "writer", {"role": "assistant", "content": _writer_reply(user)}
         else:
             kind = "agent"
-            thought, command = _next_action(_target(user, self.config), _history(messages))
+            thought, command = self.agent_action(user, messages)
             if tools:
                 turn = sum(m.get("role") == "assistant" for m in messages)
                 message = {"role": "assistant", "content": f"THOUGHT: {thought}", "tool_calls": [
