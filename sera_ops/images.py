@@ -44,7 +44,7 @@ TESTBED = "/testbed"
 LAYOUT_VERSION = 2  # bump when the steps below change what an image contains
 BUILD_ENV_FILE = "/.sera-build-env"
 DEFAULT_SOURCE_INSTALL = ("if [ -f pyproject.toml ] || [ -f setup.py ]; then "
-                          "pip install --no-deps --no-build-isolation -e .; fi")
+                          "pip install --no-deps --no-build-isolation --no-cache-dir -e .; fi")
 # Whatever the install steps leave in the work tree (egg-info, build dirs) is git-excluded, so that it never shows up
 # in an agent's patch; the tree must then be clean.
 EXCLUDE_INSTALL_LEFTOVERS = ("git ls-files --others --exclude-standard --directory | sed 's|^|/|' "
@@ -57,6 +57,7 @@ _PYPROJECT_DEPENDENCY_KEYS = (("build-system",), ("project", "dependencies"), ("
                               ("tool", "poetry", "dev-dependencies"), ("tool", "pdm", "dev-dependencies"),
                               ("tool", "uv"))
 SMOKE_FAILED = "SERA_SMOKE_FAILED"
+SMOKE_STARTS = "SERA_SMOKE_STARTS"
 _PYTHON_PROBE = "python3 -c 'import sys; print(\"SERA_PYTHON %d.%d.%d\" % sys.version_info[:3])'"
 _IMPORT_ALL = """import importlib, sys, traceback
 failed = 0
@@ -282,16 +283,8 @@ def build_commit_image(client: Any, recipe: BuildRecipe, *, commit: str, snapsho
         image, origin = found
         python = _python_of(client, image)
     else:
-        parent = recipe.base_image
-        if deps_key and deps_tag:
-            with _lock(lock_dir, f"deps-{deps_key}"):
-                parent = _dependency_image(client, recipe, snapshot_dir, deps_tag, deps_key, lookup, registry,
-                                           registry_password)
-        labels = {"sera.repo": recipe.repo, "sera.commit": commit, "sera.build": build_key}
-        image = _run_step(client, recipe, parent, [f"cd {TESTBED}", *install, EXCLUDE_INSTALL_LEFTOVERS],
-                          _tar_directory(snapshot_dir, TESTBED.lstrip("/")), labels,
-                          what=f"installing commit {commit[:12]}")
-        python = _smoke_check(client, image, smoke_cmd, recipe, commit)
+        image, python = _build(client, recipe, commit, snapshot_dir, build_key, deps_key, deps_tag, smoke_cmd,
+                               lock_dir, lookup, registry, registry_password)
         image.tag(*tag.rsplit(":", 1))
         origin = "built"
         log.info("repo %s commit %s: built %s (python %s)", recipe.repo, commit[:12], tag, python)
@@ -302,6 +295,31 @@ def build_commit_image(client: Any, recipe: BuildRecipe, *, commit: str, snapsho
     digest = push(client, tag, registry, registry_password) if registry.push and origin != "registry" else None
     return ImageRef(repo=recipe.repo, commit=commit, kind="docker", workdir=TESTBED, image=tag, digest=digest,
                     python=python, origin=origin, dependency_image=deps_tag)
+
+
+def _build(client: Any, recipe: BuildRecipe, commit: str, snapshot_dir: Path, build_key: str, deps_key: str | None,
+           deps_tag: str | None, smoke_cmd: str, lock_dir: Path | None, lookup: RegistryClient,
+           registry: RegistrySettings, password: str | None) -> tuple[Any, str]:
+    """Build the commit image and smoke-check it; returns the (untagged) image and its Python version.
+
+    On a dependency layer the commit step needs no network (nothing is downloaded), so it runs offline and the smoke
+    check runs in the same container before anything is committed. Without one, install_cmds need the build network
+    and the smoke check gets a container of its own, without network, afterwards.
+    """
+    labels = {"sera.repo": recipe.repo, "sera.commit": commit, "sera.build": build_key}
+    if deps_key and deps_tag:
+        with _lock(lock_dir, f"deps-{deps_key}"):
+            parent = _dependency_image(client, recipe, snapshot_dir, deps_tag, deps_key, lookup, registry, password)
+        script = [f"cd {TESTBED}", *recipe.source_install_cmds, EXCLUDE_INSTALL_LEFTOVERS, f"echo {SMOKE_STARTS}",
+                  _PYTHON_PROBE, smoke_cmd]
+        image, output = _run_step(client, recipe, parent, script, snapshot_dir, labels, network="none",
+                                  what=f"installing commit {commit[:12]}", commit=commit)
+    else:
+        script = [f"cd {TESTBED}", *recipe.install_cmds, EXCLUDE_INSTALL_LEFTOVERS]
+        image, _ = _run_step(client, recipe, recipe.base_image, script, snapshot_dir, labels, network=recipe.network,
+                             what=f"installing commit {commit[:12]}", commit=commit)
+        output = _smoke_check(client, image, smoke_cmd, recipe, commit)
+    return image, _python_in(output)
 
 
 def _dependency_image(client: Any, recipe: BuildRecipe, snapshot_dir: Path, deps_tag: str, deps_key: str,
@@ -316,8 +334,9 @@ def _dependency_image(client: Any, recipe: BuildRecipe, snapshot_dir: Path, deps
     if requires:
         script.append("pip install " + " ".join(shlex.quote(item) for item in requires))
     script.append(f"cd / && rm -rf {TESTBED}")
-    image = _run_step(client, recipe, recipe.base_image, script, _tar_directory(snapshot_dir, TESTBED.lstrip("/")),
-                      {"sera.repo": recipe.repo, "sera.deps": deps_key}, what="installing dependencies")
+    image, _ = _run_step(client, recipe, recipe.base_image, script, snapshot_dir,
+                         {"sera.repo": recipe.repo, "sera.deps": deps_key}, network=recipe.network,
+                         what="installing dependencies")
     image.tag(*deps_tag.rsplit(":", 1))
     log.info("repo %s: built dependency layer %s", recipe.repo, deps_tag)
     if registry.push:
@@ -325,18 +344,18 @@ def _dependency_image(client: Any, recipe: BuildRecipe, snapshot_dir: Path, deps
     return image.id
 
 
-def _run_step(client: Any, recipe: BuildRecipe, parent: str, script: list[str], files: bytes,
-              labels: dict[str, str], *, what: str) -> Any:
-    """Run `script` (bash, stop at the first failure) in a container of `parent` with `files` unpacked at /, and
-    commit the result. The build environment is a file the script sources and deletes first: never committed."""
+def _run_step(client: Any, recipe: BuildRecipe, parent: str, script: list[str], snapshot_dir: Path,
+              labels: dict[str, str], *, network: str, what: str, commit: str = "") -> tuple[Any, str]:
+    """Run `script` (bash, stop at the first failure) in a container of `parent` with the snapshot at /testbed, and
+    commit the result; returns the image and the step's output. The build environment is a file the script
+    sources and deletes first: never committed. A failure after the smoke marker is a failed smoke check."""
     parent_config = client.images.get(parent).attrs["Config"]
     env_file = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in recipe.env.items())
     command = f". {BUILD_ENV_FILE} && rm -f {BUILD_ENV_FILE} && set -ex\n" + "\n".join(script)
-    container = client.containers.create(parent, ["bash", "-c", command], network_mode=recipe.network,
+    container = client.containers.create(parent, ["bash", "-c", command], network_mode=network,
                                          working_dir="/", user="0", labels={"sera.build-step": recipe.repo})
     try:
-        container.put_archive("/", _tar_files({BUILD_ENV_FILE.lstrip("/"): env_file.encode()}))
-        container.put_archive("/", files)
+        container.put_archive("/", _step_files(snapshot_dir, env_file))
         container.start()
         try:
             status = container.wait(timeout=recipe.timeout_s)
@@ -344,14 +363,16 @@ def _run_step(client: Any, recipe: BuildRecipe, parent: str, script: list[str], 
             container.kill()
             raise ImageBuildError(f"repo {recipe.repo}: {what} took longer than {recipe.timeout_s:.0f}s "
                                   f"(images.build_timeout_s) and was stopped ({type(error).__name__})") from None
+        output = redact(container.logs().decode(errors="replace"), recipe.secrets)
         if status.get("StatusCode") != 0:
-            output = redact(container.logs().decode(errors="replace"), recipe.secrets)
+            if f"\n{SMOKE_STARTS}\n" in f"\n{output}":
+                raise _smoke_failure(recipe, commit, output)
             raise ImageBuildError(f"repo {recipe.repo}: {what} failed (exit {status.get('StatusCode')}) on "
                                   f"{parent[:40]}; fix install_cmds or the build environment\n--- output (tail) "
                                   f"---\n{output[-3000:]}", permanent=True)
         config = {"Env": parent_config.get("Env") or [], "Cmd": parent_config.get("Cmd") or ["/bin/bash"],
                   "WorkingDir": TESTBED, "Labels": labels, "User": parent_config.get("User") or ""}
-        return container.commit(conf=config, message=what)
+        return container.commit(conf=config, message=what), output
     finally:
         container.remove(force=True)
 
@@ -367,23 +388,30 @@ def _smoke_check(client: Any, image: Any, smoke_cmd: str, recipe: BuildRecipe, c
         except Exception:
             container.kill()
             status = {"StatusCode": "timeout"}
-        output = container.logs().decode(errors="replace")
+        output = redact(container.logs().decode(errors="replace"), recipe.secrets)
     finally:
         container.remove(force=True)
     if status.get("StatusCode") != 0:
         client.images.remove(image.id, force=True)
-        failed = [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith(SMOKE_FAILED + " ")]
-        headline = f"could not import {'; '.join(failed)}" if failed else f"exit {status.get('StatusCode')}"
-        raise ImageBuildError(f"repo {recipe.repo} commit {commit[:12]}: smoke check failed: {headline}; the image "
-                              "is not used. Add the missing dependency to the project or install_cmds, or set "
-                              f"smoke_cmd\n--- output (tail) ---\n{redact(output, recipe.secrets)[-3000:]}",
-                              permanent=True)
+        raise _smoke_failure(recipe, commit, output)
+    return output
+
+
+def _smoke_failure(recipe: BuildRecipe, commit: str, output: str) -> ImageBuildError:
+    failed = [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith(SMOKE_FAILED + " ")]
+    headline = f"could not import {'; '.join(failed)}" if failed else "the smoke command failed"
+    return ImageBuildError(f"repo {recipe.repo} commit {commit[:12]}: smoke check failed: {headline}; the image is "
+                           "not used. Add the missing dependency to the project or install_cmds, or set smoke_cmd"
+                           f"\n--- output (tail) ---\n{output[-3000:]}", permanent=True)
+
+
+def _python_in(output: str) -> str:
     return next((line.split()[1] for line in output.splitlines() if line.startswith("SERA_PYTHON ")), "")
 
 
 def _python_of(client: Any, image: Any) -> str:
-    output = client.containers.run(image.id, ["bash", "-c", _PYTHON_PROBE], network_mode="none", remove=True)
-    return output.decode().split()[-1]
+    return _python_in(client.containers.run(image.id, ["bash", "-c", _PYTHON_PROBE], network_mode="none",
+                                            remove=True).decode())
 
 
 def _find(client: Any, reference: str, label: str, value: str, lookup: RegistryClient, registry: RegistrySettings,
@@ -460,20 +488,15 @@ def _lock(lock_dir: Path | None, name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _tar_directory(directory: Path, arcname: str) -> bytes:
+def _step_files(snapshot_dir: Path, env_file: str) -> bytes:
+    """One tar for one upload: the snapshot as /testbed and the build environment file (read-only to root)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(directory, arcname=arcname)
-    return buffer.getvalue()
-
-
-def _tar_files(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o400
-            tar.addfile(info, io.BytesIO(data))
+        tar.add(snapshot_dir, arcname=TESTBED.lstrip("/"))
+        data = env_file.encode()
+        info = tarfile.TarInfo(BUILD_ENV_FILE.lstrip("/"))
+        info.size, info.mode = len(data), 0o400
+        tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
