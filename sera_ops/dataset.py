@@ -3,6 +3,8 @@
 t1 holds rollout-one trajectories the judge accepted, t2 rollout-two trajectories whose patch reached the recall
 threshold. A rollout-one patch seen before (same text) is dropped with its rollout two (the first instance id wins,
 as SERA deduplicated before stage two). Records are ordered by instance id, so a re-run writes identical files.
+An instance that was due a stage (rollout one always, the PR when judged good, rollout two when it got a PR) but has
+no output from it failed there; stats.json counts those per stage with the most common errors.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from sera_ops.store import RunStore, atomic_write_jsonl, read_json
 COUNTED = ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted", "judged_good",
            "duplicate_patches", "synthetic_prs", "rollout_two", "rollout_two_submitted", "verified",
            "rollout1_errors", "synth_errors", "rollout2_errors")
+STAGES = ("rollout1", "synth", "rollout2")
+TOP_ERRORS = 3
+
+
+def _failure(store: RunStore, instance_id: str, stage: str) -> tuple[str, str]:
+    """The stage an instance failed at and why: its recorded error's first line, or that the stage never ran."""
+    recorded = store.read_json(store.instance_file(instance_id, f"{stage}.error.json"))
+    reason = recorded["error"].splitlines()[0][:300] if recorded else "not run (its batch task failed or never ran)"
+    return stage, reason
 
 
 def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict:
@@ -25,14 +36,16 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
     counts: Counter[str] = Counter()
     tokens: Counter[str] = Counter()
     seen_patches: set[str] = set()
+    failures: list[tuple[str, str]] = []
     t1, t2, recalls = [], [], []
     for record in instances:
         iid = record["instance_id"]
         counts["instances"] += 1
-        counts.update(f"{stage}_errors" for stage in ("rollout1", "synth", "rollout2")
+        counts.update(f"{stage}_errors" for stage in STAGES
                       if store.instance_file(iid, f"{stage}.error.json").exists())
         one = store.read_json(store.instance_file(iid, "rollout1.json"))
         if not one:
+            failures.append(_failure(store, iid, "rollout1"))
             continue
         final = Rollout.from_dict(one["final"])
         counts["rollout_one"] += 1
@@ -51,9 +64,14 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         if rec := trajectory_to_record(read_json(store.instance_file(iid, final.trajectory_file)), iid, options):
             t1.append(rec)
         synthesis = store.read_json(store.instance_file(iid, "synth.json"))
-        counts["synthetic_prs"] += bool(synthesis and synthesis["synth_pr"])
+        if synthesis is None:
+            failures.append(_failure(store, iid, "synth"))
+            continue
+        counts["synthetic_prs"] += bool(synthesis["synth_pr"])
         two = store.read_json(store.instance_file(iid, "rollout2.json"))
         if not two:
+            if synthesis["synth_pr"]:
+                failures.append(_failure(store, iid, "rollout2"))
             continue
         counts["rollout_two"] += 1
         counts["rollout_two_submitted"] += Rollout.from_dict(two).submitted
@@ -74,6 +92,9 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         **header,
         **{key: counts[key] for key in COUNTED},
         "mean_recall": round(sum(known) / len(known), 4) if known else None,
+        "failed": {"instances": len(failures), **Counter(stage for stage, _ in failures),
+                   "by_error": dict(Counter(f"{stage}: {reason}" for stage, reason in failures)
+                                    .most_common(TOP_ERRORS))},
         "tokens": dict(tokens),
         "records": {"t1": atomic_write_jsonl(out / "t1.jsonl", t1), "t2": atomic_write_jsonl(out / "t2.jsonl", t2)},
         "dataset_dir": str(out),

@@ -189,20 +189,32 @@ def dependency_image_name(registry: RegistrySettings, repo: str, key: str) -> st
 # ---------------------------------------------------------------- what decides the layers
 
 
-def dependency_inputs(snapshot_dir: Path) -> dict[str, str]:
-    """Hashes of the files that declare dependencies; for pyproject.toml only the tables that declare them count."""
+def dependency_inputs(snapshot_dir: Path, install_cmds: list[str] = ()) -> dict[str, str]:
+    """Hashes of the files that declare dependencies: the packaging files, top-level `requirements*.txt`, and any
+    file an install command names (`-r requirements/test.txt`, `-c constraints.txt`). For pyproject.toml only the
+    tables that declare dependencies count, so a version bump keeps the dependency layer."""
     snapshot_dir = Path(snapshot_dir)
+    named = {token.split("=", 1)[-1] for command in install_cmds for token in _words(command)}
     candidates = [snapshot_dir / name for name in DEPENDENCY_FILES]
-    candidates += sorted(snapshot_dir.glob("requirements*.txt")) + sorted(snapshot_dir.glob("requirements/*.txt"))
+    candidates += sorted(snapshot_dir.glob("requirements*.txt"))
+    candidates += [snapshot_dir / name for name in sorted(named) if name and not name.startswith("-")
+                   and (snapshot_dir / name).resolve().is_relative_to(snapshot_dir.resolve())]
     inputs = {}
     for path in candidates:
-        if not path.is_file():
+        if not path.is_file() or path.relative_to(snapshot_dir).as_posix() in inputs:
             continue
         data = path.read_bytes()
         if path.name == "pyproject.toml":
             data = _pyproject_dependency_tables(data)
         inputs[path.relative_to(snapshot_dir).as_posix()] = hashlib.sha256(data).hexdigest()
     return inputs
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:  # unbalanced quotes: the shell will complain at build time; split roughly here
+        return command.split()
 
 
 def _pyproject_dependency_tables(raw: bytes) -> bytes:
@@ -271,7 +283,8 @@ def build_commit_image(client: Any, recipe: BuildRecipe, *, commit: str, snapsho
     smoke_cmd = recipe.smoke_cmd or default_smoke_cmd(smoke_modules(snapshot_dir, recipe.repo, top_level_folder))
     deps_key = _fingerprint({"base": base_id, "python": recipe.python_version, "install": recipe.install_cmds,
                              "requires": build_requirements(snapshot_dir), "env": recipe.env_for_fingerprint(),
-                             "inputs": dependency_inputs(snapshot_dir), "network": recipe.network}) \
+                             "inputs": dependency_inputs(snapshot_dir, recipe.install_cmds),
+                             "network": recipe.network}) \
         if recipe.dependency_layer else None
     install = recipe.source_install_cmds if deps_key else recipe.install_cmds
     build_key = _fingerprint({"deps": deps_key, "base": base_id, "commit": commit, "smoke": smoke_cmd,

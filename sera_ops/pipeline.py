@@ -3,7 +3,8 @@
 Every step reads its inputs from and writes its outputs to the store, and skips work whose output already exists, so
 Airflow retries and cleared tasks replace SERA's manual stage resumes. Instance-level failures are written next to the
 instance (`<stage>.error.json`) and never stop the other instances; a batch step fails only when fewer than
-`batching.min_success_fraction` of its instances got through, so that Airflow retries it.
+`batching.min_success_fraction` of its instances got through, so that Airflow retries it. A commit's failed build or
+inventory is recorded as `images/<commit>.error.json`, so that a run left with no usable commit can say why.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sera_ops import dataset, functions, history, image_sources, images, prompts, sources, synth
+from sera_ops.errors import PermanentError
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.rollouts import Rollout, redact, run_episode
 from sera_ops.store import RunStore, read_json
@@ -29,6 +32,20 @@ log = logging.getLogger(__name__)
 
 class BatchFailed(RuntimeError):
     """Too few instances of a batch got through a stage; Airflow retries the task, which redoes only the failures."""
+
+
+class RunFailed(PermanentError, RuntimeError):
+    """The run has nothing to go on (no usable commit, no instance got through); the message says why."""
+
+
+class InvalidParam(PermanentError, ValueError):
+    """A run parameter names something that is not configured."""
+
+
+class SourceUnreachable(sources.SourceError):
+    """Cloning or fetching a remote source failed: the network may heal, so this is retried."""
+
+    permanent = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +79,10 @@ class RunContext:
                connection_lookup: SecretLookup | None = None) -> RunContext:
         params = params or RunParams()
         if params.model_server:
-            platform.server(params.model_server)  # fail fast, naming the configured servers
+            try:
+                platform.server(params.model_server)  # fail fast, naming the configured servers
+            except ValueError as exc:
+                raise InvalidParam(f"param 'model_server': {exc}") from None
         return cls(platform, spec, RunStore(platform.storage_root, spec.name, run_id), params, connection_lookup)
 
     @property
@@ -120,8 +140,7 @@ def select_commits(ctx: RunContext) -> list[str]:
     if image_sources.is_image_source(ctx.spec):
         chosen = image_sources.select(ctx.spec, ctx.params.commits or ctx.spec.commits)
     else:
-        repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
-        chosen = sources.select_commits(repo_path, ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
+        chosen = sources.select_commits(_repo_path(ctx), ctx.params.commits or ctx.spec.commits, ctx.spec.n_commits,
                                         ctx.spec.lookback_days)
     skipped: list[str] = []
     if ctx.incremental:
@@ -152,7 +171,7 @@ def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
         return None
     from sera_ops import mirror as mirroring
 
-    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+    repo_path = _repo_path(ctx)
     known = [commit for commit in commits if sources.resolve_commit(repo_path, commit)]
     token = mirroring.resolve_token(settings, ctx.connection_lookup)
     result = mirroring.mirror_repository(repo_path, ctx.spec.name, settings, token, known).to_dict()
@@ -160,15 +179,53 @@ def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
     return result
 
 
+def _repo_path(ctx: RunContext) -> Path:
+    """The source's git directory. A local path that is not a repository is a permanent error; a clone or fetch of a
+    remote source may fail for the network's sake, so it is marked for retrying."""
+    try:
+        return sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+    except sources.SourceError as exc:
+        if ctx.spec.source.startswith("bundled:") or Path(ctx.spec.source).is_absolute():
+            raise
+        raise SourceUnreachable(str(exc)) from exc
+
+
 def _snapshot(ctx: RunContext, commit: str) -> sources.RepoSnapshot:
     if image_sources.is_image_source(ctx.spec):
         return image_sources.snapshot(ctx, commit)
-    repo_path = sources.materialize(ctx.spec.source, ctx.store.sources_dir)
-    return sources.snapshot(repo_path, commit, ctx.store.snapshot_dir(commit), ctx.spec.name)
+    return sources.snapshot(_repo_path(ctx), commit, ctx.store.snapshot_dir(commit), ctx.spec.name)
+
+
+def _record_failure(ctx: RunContext, error_file: Path, stage: str, exc: Exception, secrets: list[str]) -> str:
+    """Write why `stage` failed next to its output (redacted), for whoever reads the run later; returns the reason."""
+    message = redact(f"{type(exc).__name__}: {exc}", secrets)
+    ctx.store.write_json(error_file, {"stage": stage, "error": message, "time": time.time()})
+    return message
+
+
+def _commit_error_file(ctx: RunContext, commit: str) -> Path:
+    return ctx.store.path("images", f"{commit}.error.json")
+
+
+@contextmanager
+def _commit_failure_recorded(ctx: RunContext, commit: str, stage: str) -> Iterator[None]:
+    """A commit's failing build or inventory leaves its reason in images/<commit>.error.json (what `sample` reports
+    when no commit is usable) and raises as before; success clears an earlier try's reason."""
+    try:
+        yield
+    except Exception as exc:
+        _record_failure(ctx, _commit_error_file(ctx, commit), stage, exc, ctx.secrets())
+        raise
+    _commit_error_file(ctx, commit).unlink(missing_ok=True)
 
 
 def build_image(ctx: RunContext, commit: str) -> dict:
     """The commit's image (docker) or local sandbox, recorded in images/<commit>.json."""
+    with _commit_failure_recorded(ctx, commit, "build_image"):
+        return _build_image(ctx, commit)
+
+
+def _build_image(ctx: RunContext, commit: str) -> dict:
     if image_sources.is_image_source(ctx.spec):
         return image_sources.record_image(ctx, commit)
     snap = _snapshot(ctx, commit)
@@ -192,6 +249,11 @@ def build_image(ctx: RunContext, commit: str) -> dict:
 def inventory(ctx: RunContext, commit: str) -> dict:
     """The commit's function inventory, cached per commit across runs; files an earlier commit already had are not
     parsed again (the repository's blob cache)."""
+    with _commit_failure_recorded(ctx, commit, "inventory"):
+        return _inventory(ctx, commit)
+
+
+def _inventory(ctx: RunContext, commit: str) -> dict:
     cache = ctx.store.inventory_path(commit)
     if cache.exists():
         try:
@@ -216,14 +278,29 @@ def ready_commits(ctx: RunContext) -> tuple[list[str], list[str]]:
     return ready, [c for c in chosen if c not in ready]
 
 
-def sample(ctx: RunContext) -> int:
+def _commit_failure(ctx: RunContext, commit: str) -> str:
+    """One line on why a commit is unusable: the first line of its recorded error (the file has the rest)."""
+    recorded = ctx.store.read_json(_commit_error_file(ctx, commit))
+    if not recorded:
+        return f"commit {commit[:12]}: no image or inventory (its build_image/inventory task did not finish)"
+    return f"commit {commit[:12]}: {recorded['stage']}: {recorded['error'].splitlines()[0][:300]}"
+
+
+def usable_commits(ctx: RunContext) -> tuple[list[str], list[str]]:
+    """`ready_commits`, logging why each failed commit is unusable; a run left with none fails, listing them all."""
     ready, failed = ready_commits(ctx)
-    if failed:
-        log.warning("repo %s: skipping %d commit(s) without image or inventory: %s", ctx.spec.name, len(failed),
-                    ", ".join(c[:12] for c in failed))
+    reasons = [_commit_failure(ctx, commit) for commit in failed]
+    if reasons:
+        log.warning("repo %s: skipping %d commit(s) without image or inventory:\n%s", ctx.spec.name, len(failed),
+                    "\n".join(reasons))
     if failed and not ready:
-        raise RuntimeError(f"repo {ctx.spec.name}: no commit has both an image and a function inventory; see the "
-                           "failed build_image/inventory tasks")
+        raise RunFailed(f"repo {ctx.spec.name}: no usable commit (none has both an image and a function inventory):\n"
+                        + "\n".join(reasons))
+    return ready, failed
+
+
+def sample(ctx: RunContext) -> int:
+    ready, _ = usable_commits(ctx)
     seen = history.seen_functions(ctx.store) if ctx.incremental else set()
     by_commit, prints = {}, {}
     for commit in ready:
@@ -283,9 +360,8 @@ def _for_each(ctx: RunContext, batch_id: str, stage: str, output: str,
         try:
             work(instance)
         except Exception as exc:
-            message = redact(f"{type(exc).__name__}: {exc}", secrets)
+            message = _record_failure(ctx, error_file, stage, exc, secrets)
             log.error("instance %s: %s failed: %s", instance.instance_id, stage, message)
-            ctx.store.write_json(error_file, {"stage": stage, "error": message, "time": time.time()})
             return message
         error_file.unlink(missing_ok=True)
         return None
@@ -407,7 +483,11 @@ def verify_batch(ctx: RunContext, batch_id: str) -> dict:
 
 
 def assemble(ctx: RunContext) -> dict:
-    ready, failed = ready_commits(ctx)
+    """The dataset and its statistics. A run with no usable commit, no sample, or instances but no record because
+    they failed, fails here, naming the stage and the most common error; failures beside records are only counted."""
+    ready, failed = usable_commits(ctx)
+    if not ctx.store.path("instances.json").exists():
+        raise RunFailed(f"repo {ctx.spec.name}: no instances were sampled; see the sample_instances task")
     header = {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "model_server": ctx.server_name,
         "threshold": ctx.threshold, "format": ctx.spec.postprocess.format,
@@ -415,7 +495,13 @@ def assemble(ctx: RunContext) -> dict:
         "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c))))
                          for c in ready),
     }
-    return dataset.assemble(ctx.store, ctx.spec.postprocess, header)
+    stats = dataset.assemble(ctx.store, ctx.spec.postprocess, header)
+    failures = stats["failed"]
+    if failures["instances"] and not any(stats["records"].values()):
+        error, count = next(iter(failures["by_error"].items()))
+        raise RunFailed(f"repo {ctx.spec.name}: no records; {failures['instances']} of {stats['instances']} "
+                        f"instance(s) failed, most often ({count}) at {error}")
+    return stats
 
 
 def publish(ctx: RunContext) -> dict | None:

@@ -41,7 +41,11 @@ def test_a_version_bump_keeps_the_dependency_inputs_and_a_new_dependency_changes
     assert images.dependency_inputs(write_project(tmp_path / "c", dependencies='"requests>=2", "idna"')) != first
     requirements = write_project(tmp_path / "d")
     (requirements / "requirements-dev.txt").write_text("pytest\n")
+    (requirements / "requirements").mkdir()
+    (requirements / "requirements" / "docs.txt").write_text("sphinx\n")
     assert set(images.dependency_inputs(requirements)) == {"pyproject.toml", "requirements-dev.txt"}
+    named = images.dependency_inputs(requirements, ["pip install -e . -r requirements/docs.txt", "echo 'unbalanced"])
+    assert set(named) == {"pyproject.toml", "requirements-dev.txt", "requirements/docs.txt"}
 
 
 def test_the_build_backend_comes_from_pyproject_or_setuptools_for_setup_py(tmp_path):
