@@ -1,5 +1,6 @@
 """One DAG per repository file in config/repos/ (dag_id `sera__<name>`). Wiring only: each task is one call into
-sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent and safe to retry or clear.
+sera_ops.pipeline, which reads and writes the run store, so tasks are idempotent and safe to retry or clear. Every
+task body is wrapped in `fail_fast`: an error retrying cannot fix fails its task at once, a transient one is retried.
 
     select_commits ─► mirror (to the GitHub organisation; skipped when not configured)
                    ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
@@ -12,7 +13,7 @@ import logging
 
 from airflow.sdk import Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
-from sera_airflow import START, connection_secret, dataset_asset, default_args
+from sera_airflow import START, connection_secret, dataset_asset, default_args, fail_fast
 
 from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos, pool_name
 
@@ -53,10 +54,12 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
          doc_md=f"SERA pipeline for **{spec.name}** (`{spec.source}`), configured in `{spec.source_file}`.")
     def repo_dag():
         @task
+        @fail_fast
         def select_commits() -> list[str]:
             return pipeline.select_commits(_context(platform, spec))
 
         @task
+        @fail_fast
         def mirror(commits: list[str]) -> dict:
             result = pipeline.mirror(_context(platform, spec), commits)
             if result is None:
@@ -66,21 +69,25 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         @task_group
         def per_commit(commit: str):
             @task
+            @fail_fast
             def build_image(commit: str) -> str:
                 pipeline.build_image(_context(platform, spec), commit)
                 return commit
 
             @task
+            @fail_fast
             def inventory(commit: str) -> dict:
                 return pipeline.inventory(_context(platform, spec), commit)
 
             return inventory(build_image(commit))
 
         @task(trigger_rule="all_done")
+        @fail_fast
         def sample_instances(_: object) -> int:
             return pipeline.sample(_context(platform, spec))
 
         @task
+        @fail_fast
         def make_batches(_: int) -> list[str]:
             return pipeline.make_batches(_context(platform, spec))
 
@@ -88,6 +95,7 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
             uses_teacher = step is not pipeline.verify_batch
 
             @task(task_id=task_id, pool=pool_name(spec.model_server) if uses_teacher else "default_pool")
+            @fail_fast
             def run_step(batch_id: str) -> str:
                 step(_context(platform, spec), batch_id)
                 return batch_id
@@ -102,11 +110,14 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
             return batch_id
 
         @task(trigger_rule="all_done")
+        @fail_fast
         def assemble(_: object) -> dict:
             stats = pipeline.assemble(_context(platform, spec))
-            return {key: stats[key] for key in ("instances", "judged_good", "verified", "records", "dataset_dir")}
+            return {key: stats[key] for key in ("instances", "judged_good", "verified", "failed", "records",
+                                                "dataset_dir")}
 
         @task(outlets=[dataset_asset(platform, spec)])
+        @fail_fast
         def publish(_: dict) -> dict:
             pointer = pipeline.publish(_context(platform, spec))
             if pointer is None:
@@ -132,6 +143,7 @@ def build_config_error_dag(error: ConfigError, platform: PlatformConfig):
          description=f"CONFIG ERROR: {error}", doc_md=f"**This repository file does not validate.**\n\n`{error}`")
     def broken_repo_dag():
         @task
+        @fail_fast
         def config_error() -> None:
             raise error
 

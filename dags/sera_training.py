@@ -7,7 +7,7 @@ the repository's dataset Asset: every published dataset triggers a fine-tuning r
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from sera_airflow import START, dataset_asset, default_args, training_pod
+from sera_airflow import START, dataset_asset, default_args, fail_fast, training_pod
 
 from sera_ops.config import PlatformConfig, RepoSpec, load_platform, load_repos
 
@@ -28,6 +28,7 @@ def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
          })
     def training_dag():
         @task
+        @fail_fast
         def prepare_job() -> dict:
             from sera_ops.train_jobs import prepare_job as prepare
 
@@ -43,6 +44,7 @@ def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
             job >> training_pod(platform, spec, arguments="{{ ti.xcom_pull(task_ids='prepare_job')['arguments'] }}")
         else:
             @task
+            @fail_fast
             def train(job: dict) -> dict:
                 from sera_ops.train_jobs import TrainJob, run_locally
 

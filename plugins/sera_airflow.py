@@ -1,4 +1,5 @@
-"""Airflow adapters for sera_ops: secrets from Airflow connections, and the plugin registration.
+"""Airflow adapters for sera_ops: secrets from Airflow connections, retries (fail fast on permanent errors), and the
+plugin registration.
 
 sera_ops never imports Airflow; it takes a `connection_lookup(conn_id) -> secret | None` callable, and this module is
 the Airflow implementation of it (a connection's password field holds the secret: a model server's API key, a
@@ -8,15 +9,23 @@ registry password, a GitHub token). Connections can come from the metadata DB, a
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import Asset
+from airflow.sdk.exceptions import AirflowFailException
 
 from sera_ops.config import PlatformConfig, RepoSpec
+from sera_ops.errors import is_permanent
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def connection_secret(conn_id: str) -> str | None:
@@ -34,10 +43,36 @@ def connection_secret(conn_id: str) -> str | None:
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+RETRY_BACKOFF = 2.0
+"""Each retry waits about twice as long as the one before (Airflow's multiplier; `True` would mean 1, a constant
+delay), so a teacher answering 429 or a registry restarting gets room, capped by `MAX_RETRY_DELAY`."""
+MAX_RETRY_DELAY = timedelta(minutes=10)
+
+
 def default_args(platform: PlatformConfig, owner: str | None) -> dict:
-    """Every task of every SERA DAG: an owner, and retries with the platform's delay."""
+    """Every task of every SERA DAG: an owner, and retries with the platform's delay, backing off exponentially.
+    Only transient errors use them: task bodies are wrapped in `fail_fast`."""
+    delay = timedelta(seconds=platform.defaults.retry_delay_s)
     return {"owner": owner or platform.defaults.owner, "retries": max(1, platform.defaults.retries),
-            "retry_delay": timedelta(seconds=platform.defaults.retry_delay_s)}
+            "retry_delay": delay, "retry_exponential_backoff": RETRY_BACKOFF,
+            "max_retry_delay": max(delay, MAX_RETRY_DELAY)}
+
+
+def fail_fast(body: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a task body (under `@task`) so that an error retrying cannot fix (`sera_ops.errors.is_permanent`: a
+    configuration, parameter, source or image that is wrong) fails the task at once with the original message,
+    instead of repeating it on every retry; transient errors are raised as they are and retried."""
+
+    @functools.wraps(body)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return body(*args, **kwargs)
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            raise AirflowFailException(f"{type(exc).__name__}: {exc} (permanent: not retried)") from exc
+
+    return run
 
 
 def dataset_asset(platform: PlatformConfig, spec: RepoSpec) -> Asset:

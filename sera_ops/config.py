@@ -280,6 +280,18 @@ def _registry_namespace(value: str) -> str:
 RegistryNamespace = Annotated[str, AfterValidator(_registry_namespace)]
 
 
+def _all_match(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    """A list validator naming every entry that is not `what`."""
+
+    def check(values: list[str]) -> list[str]:
+        bad = [value for value in values if not pattern.match(value)]
+        if bad:
+            raise ValueError(f"not {what}: {', '.join(map(repr, bad))}")
+        return values
+
+    return AfterValidator(check)
+
+
 def _no_duplicates(values: list[str]) -> list[str]:
     repeated = sorted({value for value in values if values.count(value) > 1})
     if repeated:
@@ -290,36 +302,22 @@ def _no_duplicates(values: list[str]) -> list[str]:
 class SweBenchImages(_Strict):
     """SWE-bench instance images, named by the harness's rule; the repository sits at its base commit in /testbed."""
 
-    instance_ids: Annotated[list[str], AfterValidator(_no_duplicates)] = Field(min_length=1)
+    instance_ids: Annotated[list[str], AfterValidator(_no_duplicates), _all_match(
+        SWEBENCH_INSTANCE_ID, "a SWE-bench instance id (<owner>__<repo>-<number>, e.g. django__django-11099)")] = \
+        Field(min_length=1)
     namespace: RegistryNamespace = "swebench"
     arch: Literal["x86_64", "arm64"] = "x86_64"
     tag: str = Field("latest", pattern=r"^[\w][\w.-]{0,127}$")
-
-    @field_validator("instance_ids")
-    @classmethod
-    def _instance_id_form(cls, values: list[str]) -> list[str]:
-        bad = [value for value in values if not SWEBENCH_INSTANCE_ID.match(value)]
-        if bad:
-            raise ValueError(f"not a SWE-bench instance id (<owner>__<repo>-<number>, e.g. django__django-11099): "
-                             f"{', '.join(map(repr, bad))}")
-        return values
 
 
 class SweSmithImages(_Strict):
     """SWE-smith environment images, one per repository snapshot; the repository sits in /testbed."""
 
-    repos: Annotated[list[str], AfterValidator(_no_duplicates)] = Field(min_length=1)
+    repos: Annotated[list[str], AfterValidator(_no_duplicates), _all_match(
+        SWESMITH_REPO_NAME, "a SWE-smith repository name (<owner>__<repo>.<commit8>, e.g. getmoto__moto.694ce1f4)")] \
+        = Field(min_length=1)
     namespace: RegistryNamespace = "jyangballin"
     arch: Literal["x86_64", "arm64"] = "x86_64"
-
-    @field_validator("repos")
-    @classmethod
-    def _repo_name_form(cls, values: list[str]) -> list[str]:
-        bad = [value for value in values if not SWESMITH_REPO_NAME.match(value)]
-        if bad:
-            raise ValueError(f"not a SWE-smith repository name (<owner>__<repo>.<commit8>, e.g. "
-                             f"getmoto__moto.694ce1f4): {', '.join(map(repr, bad))}")
-        return values
 
 
 class CustomImage(_Strict):

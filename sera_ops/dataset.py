@@ -88,11 +88,12 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
             t2.append(rec)
     out = store.dataset_dir
     known = [r for r in recalls if r is not None]
+    failed_at = Counter(stage for stage, _ in failures)
     stats = {
         **header,
         **{key: counts[key] for key in COUNTED},
         "mean_recall": round(sum(known) / len(known), 4) if known else None,
-        "failed": {"instances": len(failures), **Counter(stage for stage, _ in failures),
+        "failed": {"instances": len(failures), **{stage: failed_at[stage] for stage in STAGES},
                    "by_error": dict(Counter(f"{stage}: {reason}" for stage, reason in failures)
                                     .most_common(TOP_ERRORS))},
         "tokens": dict(tokens),

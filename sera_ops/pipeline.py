@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sera_ops import dataset, functions, history, image_sources, images, prompts, sources, synth
-from sera_ops.errors import PermanentError
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
+from sera_ops.errors import PermanentError
 from sera_ops.rollouts import Rollout, redact, run_episode
 from sera_ops.store import RunStore, read_json
-from sera_ops.teachers import TeacherClient
+from sera_ops.teachers import TeacherClient, preflight
 from sera_ops.verify import verify
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,7 @@ def _always(_: functions.Instance) -> bool:
 def rollout_one(ctx: RunContext, batch_id: str) -> dict:
     """SERA's rollout one: an agent on a vague report around the start function, judged; up to max_attempts tries,
     each with another rollout-one template, until the judge calls the patch good."""
+    preflight(ctx.server_name, ctx.server, ctx.api_key())
     client = TeacherClient(ctx.server, ctx.api_key())
     secrets = ctx.secrets()
     settings = ctx.spec.rollout
@@ -426,6 +427,7 @@ def _rollout_one_result(ctx: RunContext, instance_id: str) -> dict | None:
 
 def synthesize(ctx: RunContext, batch_id: str) -> dict:
     """The synthetic PR for every judged-good rollout one, in the style of a demonstration issue."""
+    preflight(ctx.server_name, ctx.server, ctx.api_key())
     client = TeacherClient(ctx.server, ctx.api_key())
     pool = synth.demo_pool(ctx.spec.synth)
 
@@ -446,6 +448,7 @@ def synthesize(ctx: RunContext, batch_id: str) -> dict:
 
 def rollout_two(ctx: RunContext, batch_id: str) -> dict:
     """A fresh agent on the synthetic PR, from the same pristine image."""
+    preflight(ctx.server_name, ctx.server, ctx.api_key())
     secrets = ctx.secrets()
 
     def eligible(instance: functions.Instance) -> bool:

@@ -7,16 +7,38 @@ The API key lives only in the client object: it is never part of a config dump, 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai import OpenAI
+from openai import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    OpenAI,
+    PermissionDeniedError,
+)
 
 from sera_ops.config import ModelServer
 
+log = logging.getLogger(__name__)
+
 NO_KEY = "EMPTY"  # what local vLLM/SGLang servers accept when no key is configured
+PREFLIGHT_TIMEOUT_S = 10.0
+"""The longest a batch waits for its model server's GET /models (less when the server's timeout_s is shorter)."""
+
+
+class TeacherUnreachable(RuntimeError):
+    """The model server does not answer, or refuses the key: the batch task fails at once naming it, instead of every
+    instance spending its whole retry budget on a dead server. Only a refused key is `permanent` (see
+    `sera_ops.errors`): a server that is down may come back by the task's next try."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass
@@ -45,6 +67,27 @@ class Usage:
 def openai_client(server: ModelServer, api_key: str | None) -> OpenAI:
     return OpenAI(base_url=server.base_url, api_key=api_key or NO_KEY, timeout=server.timeout_s,
                   max_retries=server.max_retries)
+
+
+def preflight(name: str, server: ModelServer, api_key: str | None) -> None:
+    """One cheap GET {base_url}/models (vLLM, SGLang, hosted OpenAI-compatible APIs and the scripted teacher serve it)
+    before a batch starts; raises TeacherUnreachable when nothing answers in time or the key is refused. Any other
+    answer, even an error status, shows that the server is there: its requests then get their usual retries."""
+    timeout = min(server.timeout_s, PREFLIGHT_TIMEOUT_S)
+    where = f"model server '{name}' at {server.base_url}"
+    try:
+        openai_client(server, api_key).with_options(timeout=timeout, max_retries=0).models.list()
+    except APITimeoutError:
+        raise TeacherUnreachable(f"{where} did not answer GET /models within {timeout:g} s; is it hung or "
+                                 "overloaded?") from None
+    except APIConnectionError as exc:
+        raise TeacherUnreachable(f"{where} cannot be reached ({exc.__cause__ or exc}); is it running, and is its "
+                                 "base_url right?") from None
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise TeacherUnreachable(f"{where} refused the API key (HTTP {exc.status_code}); check "
+                                 f"model_servers.{name}.api_key", permanent=True) from None
+    except APIStatusError as exc:
+        log.info("%s answered GET /models with HTTP %d; it is up, going ahead", where, exc.status_code)
 
 
 class TeacherClient:
