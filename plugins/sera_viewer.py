@@ -1,7 +1,8 @@
 """The SERA dataset viewer: a read-only look into the run store from the Airflow UI (Browse → SERA datasets).
 
 Plain server-side HTML from the run store (`sera_ops.runs`): the runs of every repository with their counts, a run's
-statistics and per-instance progress, and one instance's task, patches, synthetic PR, verdict and both trajectories.
+statistics, its dataset's files (card, Parquet, JSONL) and plots, per-instance progress, and one instance's task,
+patches, synthetic PR, verdict and both trajectories. Dataset files are served only by name from a fixed list.
 Trajectories hold whatever the model and the repository printed, so every value is HTML-escaped, and names from the
 URL go through `sera_ops.runs`' checks (anything else is a 404). The storage root is read from the platform config on
 every request, so `SERA_PLATFORM_CONFIG` and config edits apply without a restart.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,11 +23,13 @@ from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sera_ops import runs
 from sera_ops.config import load_platform
+from sera_ops.dataset_card import CARD, PLOTS
+from sera_ops.store import RunStore
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -52,6 +56,11 @@ async def not_found(request: Request, exc: runs.NotFound) -> HTMLResponse:
     return _page(request, "Not found", [], f"<p>{_e(exc)}</p>", status_code=404)
 
 
+DATASET_FILES = {CARD: "dataset card", "t1.parquet": "t1.parquet", "t2.parquet": "t2.parquet",
+                 "t1.jsonl": "t1.jsonl", "t2.jsonl": "t2.jsonl", "stats.json": "stats.json"}
+MEDIA_TYPES = {".md": ("text/plain; charset=utf-8", True), ".jsonl": ("text/plain; charset=utf-8", True),
+               ".json": ("application/json", True), ".png": ("image/png", True),
+               ".parquet": ("application/vnd.apache.parquet", False)}
 INDEX_COUNTS = {"instances": ("instances",), "judged good": ("judged_good",), "verified": ("verified",),
                 "t1 records": ("records", "t1"), "t2 records": ("records", "t2")}
 
@@ -82,11 +91,12 @@ def stats_json(repo: str, run: str) -> JSONResponse:
 
 @app.get("/{repo}/{run}", response_class=HTMLResponse)
 def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
-    detail = runs.run_detail(storage_root(), repo, run)
-    stats = (_key_values(_flatten(detail.stats)) + f'<p>{_link(_url(request, "api", repo, run, "stats"), "JSON")}</p>'
+    root = storage_root()
+    detail = runs.run_detail(root, repo, run)
+    stats = (_columns(_flatten(detail.stats)) + f'<p>{_link(_url(request, "api", repo, run, "stats"), "JSON")}</p>'
              if detail.stats else "<p>Not assembled yet: the statistics appear when the run's dataset is built.</p>")
     rows = [[_link(_url(request, repo, run, i.instance_id), i.instance_id), _e(i.start_fn),
-             _e(i.start_fn_file), f"<code>{_e((i.commit or '')[:12])}</code>",
+             _breakable(i.start_fn_file), f"<code>{_e((i.commit or '')[:12])}</code>",
              _cell(i.rollout1_exit_status), _cell(i.rollout1_attempts), _cell(i.judged_good), _cell(i.synthetic_pr),
              _cell(i.rollout2_exit_status), _cell(i.recall), _cell(i.resolved), _errors(i.errors)]
             for i in detail.instances]
@@ -94,9 +104,24 @@ def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
                         "synthetic PR", "rollout two", "recall", "resolved", "errors"], rows)
     manifest = (f"<details><summary>manifest.json</summary><pre>{_e(json.dumps(detail.manifest, indent=2))}</pre>"
                 "</details>" if detail.manifest else "")
-    body = f"<h2>Statistics</h2>{stats}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
+    dataset = _dataset(request, root, repo, run) if detail.stats else ""
+    body = f"<h2>Statistics</h2>{stats}{dataset}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
     return _page(request, f"{repo} / {run}", [(repo, _url(request) + f"#{quote(repo)}")], body,
                  badge="latest" if detail.is_latest else None)
+
+
+@app.get("/{repo}/{run}/dataset/{name}")
+def dataset_file(repo: str, run: str, name: str) -> FileResponse:
+    """One of the run's dataset files (DATASET_FILES or a plot): text and images inline, Parquet as a download."""
+    root = storage_root()
+    if name not in (*DATASET_FILES, *PLOTS) or run not in {s.run_id for s in runs.list_runs(root, repo)}:
+        raise runs.NotFound(f"no dataset file {name!r} in run {run}")
+    path = RunStore(root, repo, run).dataset_dir / name
+    if not path.is_file() or not path.resolve().is_relative_to(root.resolve()):
+        raise runs.NotFound(f"run {run} has no {name} (assembled before it was written?)")
+    media_type, inline = MEDIA_TYPES[Path(name).suffix]
+    return FileResponse(path, media_type=media_type, filename=None if inline else f"{repo}-{run}-{name}",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
 
 @app.get("/{repo}/{run}/{instance_id}", response_class=HTMLResponse)
@@ -135,8 +160,15 @@ class SeraViewerPlugin(AirflowPlugin):
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5rem; color: #1f2328; }
 nav { margin-bottom: .5rem; color: #59636e; }
-table { border-collapse: collapse; margin: .5rem 0 1rem; }
-th, td { border: 1px solid #d1d9e0; padding: .25rem .6rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }
+th, td { border: 1px solid #d1d9e0; padding: .2rem .45rem; text-align: left; vertical-align: top; }
+.wide { overflow-x: auto; }
+.columns { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: 0 1.5rem; }
+.columns table { width: 100%; }
+.columns td { overflow-wrap: anywhere; }
+.plots { display: flex; flex-wrap: wrap; gap: .5rem; }
+.plots img { width: 380px; max-width: 100%; border: 1px solid #d1d9e0; }
+summary code { color: #59636e; margin-left: .4rem; }
 th { background: #f6f8fa; }
 pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; white-space: pre-wrap; word-break: break-word; }
 details { border: 1px solid #d1d9e0; border-radius: 4px; margin: .3rem 0; padding: .2rem .6rem; }
@@ -145,6 +177,10 @@ summary { cursor: pointer; }
 .missing { color: #59636e; font-style: italic; }
 .error { color: #cf222e; }
 """
+
+
+_RETURNCODE = re.compile(r"<returncode>(-?\d+)</returncode>")
+_TAG = re.compile(r"</?[A-Za-z_][\w-]*>")
 
 
 def _e(value: Any) -> str:
@@ -158,6 +194,11 @@ def _url(request: Request, *names: str) -> str:
 
 def _link(href: str, text: Any) -> str:
     return f'<a href="{_e(href)}">{_e(text)}</a>'
+
+
+def _breakable(path: str | None) -> str:
+    """A file path that may wrap after each `/`, so the instances table fits beside long paths."""
+    return _e(path).replace("/", "/<wbr>")
 
 
 def _badge(text: str) -> str:
@@ -188,12 +229,30 @@ def _table(headers: Iterable[str], rows: list[list[str]]) -> str:
     """`rows` hold cells that are already HTML (built with _e/_cell/_link)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
     rows = "".join(f"<tr><th>{_e(key)}</th><td>{_cell(value)}</td></tr>" for key, value in pairs)
     return f"<table>{rows}</table>"
+
+
+def _columns(items: Iterable[tuple[str, Any]], count: int = 3) -> str:
+    """Key-value tables side by side, so a long list (stats.json) does not push the instances off the screen."""
+    pairs = list(items)
+    size = max(1, -(-len(pairs) // count))
+    return ('<div class="columns">' + "".join(_key_values(pairs[i:i + size]) for i in range(0, len(pairs), size))
+            + "</div>")
+
+
+def _dataset(request: Request, root: Path, repo: str, run: str) -> str:
+    """Links to the dataset's files and its plots, those that exist (older runs have no card, Parquet or plots)."""
+    folder = RunStore(root, repo, run).dataset_dir
+    links = " · ".join(_link(_url(request, repo, run, "dataset", name), label)
+                       for name, label in DATASET_FILES.items() if (folder / name).is_file())
+    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in PLOTS if (folder / name).is_file()]
+    plots = "".join(f'<a href="{src}"><img src="{src}" alt="{_e(name)}"></a>' for name, src in sources)
+    return f'<h2>Dataset</h2><p>{links or _missing()}</p><div class="plots">{plots}</div>'
 
 
 def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -222,11 +281,21 @@ def _trajectory(messages: list[runs.Message] | None) -> str:
         return f"<p>{_missing()}</p>"
     items = []
     for number, message in enumerate(messages, 1):
-        preview = message.content.strip().splitlines()[0][:100] if message.content.strip() else ""
         calls = "".join(f"<pre>{_e(call)}</pre>" for call in message.tool_calls)
-        items.append(f"<details><summary>#{number} <b>{_e(message.role)}</b> {_e(preview)}</summary>"
+        command = f"<code>{_e(message.tool_calls[0][:80])}</code>" if message.tool_calls else ""
+        items.append(f"<details><summary>#{number} <b>{_e(message.role)}</b> {_e(_preview(message.content))}"
+                     f"{command}</summary>"
                      f"<pre>{_e(message.content)}</pre>{calls}</details>")
     return f"<p>{len(messages)} messages</p>" + "".join(items)
+
+
+def _preview(content: str) -> str:
+    """A message's first line of text: wrapper tags (`<pr_description>`, `<output>`) dropped, a tool's return code
+    kept as `[exit N]`, so that the collapsed list tells the turns apart."""
+    code = _RETURNCODE.search(content)
+    lines = (_TAG.sub("", line).strip() for line in _RETURNCODE.sub("", content).splitlines())
+    text = next((line for line in lines if line), "")
+    return ((f"[exit {code.group(1)}] " if code else "") + text)[:100]
 
 
 def _page(request: Request, title: str, crumbs: list[tuple[str, str]], body: str, *, badge: str | None = None,

@@ -6,6 +6,7 @@
     sera trigger tinyledger --conf '{"max_functions": 4}' --wait   on a running Airflow, over its REST API (for CI)
     sera stats tinyledger try-1
     sera pools --out pools.json && airflow pools import pools.json
+    sera curate var/store/tinyledger/runs/*/dataset --out curated --filter long_edit=40 --subsample repo:500
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from sera_ops import curate
 from sera_ops.config import ConfigError, RepoSpec, check_references, load_platform, load_repo, load_repos
 from sera_ops.images import ImageBuildError
 from sera_ops.mirror import MirrorError
@@ -95,6 +97,18 @@ def _stats(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     print(path.read_text(), end="")
+    return 0
+
+
+def _curate(args: argparse.Namespace) -> int:
+    steps = [curate.parse_filter(text) for text in args.filter]
+    steps += [curate.parse_subsample(args.subsample)] if args.subsample else []
+    report = curate.curate(args.datasets, args.out, steps, seed=args.seed, tokenizer_dir=args.tokenizer)
+    for step in report["steps"]:
+        counts = ", ".join(f"{split} {step[split]['before']} -> {step[split]['after']}" for split in curate.SPLITS)
+        print(f"{step['name']:<13}  {counts}")
+    print(f"{'records':<13}  " + ", ".join(f"{split}.jsonl {n}" for split, n in report["records"].items()))
+    print(f"dataset: {args.out}")
     return 0
 
 
@@ -256,6 +270,19 @@ def parser() -> argparse.ArgumentParser:
     stats.add_argument("repo")
     stats.add_argument("run_id")
     stats.set_defaults(func=_stats)
+    curation = commands.add_parser("curate", help="filter and subsample published datasets into a new dataset")
+    curation.add_argument("datasets", nargs="+", type=Path, help="dataset directories (t1.jsonl, t2.jsonl, stats.json)")
+    curation.add_argument("--out", type=Path, required=True, help="new directory for t1/t2.jsonl and curation.json")
+    curation.add_argument("--filter", action="append", default=[], metavar="NAME[=N]",
+                          help="long_edit[=40] (changed lines) or user_length[=600] (mean tokens per user turn); "
+                               "drops records above N; repeatable, applied in order")
+    curation.add_argument("--subsample", metavar="MODE",
+                          help="random:N, repo:N (whole repositories until N records) or tokens:BUDGET:N (truncate "
+                               "to BUDGET tokens, keep the N that lose least); after the filters")
+    curation.add_argument("--seed", type=int, default=0, help="for random and repo (default: 0)")
+    curation.add_argument("--tokenizer", type=Path,
+                          help="local Hugging Face tokenizer directory (default: a word-piece estimate)")
+    curation.set_defaults(func=_curate)
     return root
 
 

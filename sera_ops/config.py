@@ -234,6 +234,8 @@ class SynthSettings(_Strict):
     writer_retries: int = Field(3, ge=1, le=10)
     demo_issues: Path | None = None
     observation_chars: int = Field(2000, ge=100)
+    model_server: str | None = None
+    """The judge's and writer's teacher when it is not the agent's (e.g. a stronger model judging a cheaper agent)."""
 
 
 class VerifySettings(_Strict):
@@ -478,9 +480,10 @@ def load_repo(path: Path | str, platform: PlatformConfig) -> RepoSpec:
         raise _as_config_error(path, exc) from None
     if spec.name != path.stem:
         raise ConfigError(path, "name", f"must match the file name '{path.stem}' (one file = one repository = one DAG)")
-    if spec.model_server is not None and spec.model_server not in platform.model_servers:
-        raise ConfigError(path, "model_server", f"'{spec.model_server}' is not defined in {platform.source_file} "
-                          f"(model_servers: {', '.join(sorted(platform.model_servers))})")
+    for field_name, server in (("model_server", spec.model_server), ("synth.model_server", spec.synth.model_server)):
+        if server is not None and server not in platform.model_servers:
+            raise ConfigError(path, field_name, f"'{server}' is not defined in {platform.source_file} "
+                              f"(model_servers: {', '.join(sorted(platform.model_servers))})")
     base = path.resolve().parent
     synth = spec.synth.model_copy(update={"demo_issues": _resolve(base, spec.synth.demo_issues)})
     return spec.model_copy(update={

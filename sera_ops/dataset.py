@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from sera_ops.dataset_card import write_dataset_card
 from sera_ops.postprocess import PostprocessOptions, trajectory_to_record
 from sera_ops.rollouts import Rollout
 from sera_ops.store import RunStore, atomic_write_jsonl, read_json
+from sera_ops.verify import changed_lines
 
 COUNTED = ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted", "judged_good",
            "duplicate_patches", "synthetic_prs", "rollout_two", "rollout_two_submitted", "verified",
@@ -62,7 +64,7 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
             continue
         seen_patches.add(final.patch)
         if rec := trajectory_to_record(read_json(store.instance_file(iid, final.trajectory_file)), iid, options):
-            t1.append(rec)
+            t1.append({**rec, "changed_lines": len(changed_lines(final.patch))})
         synthesis = store.read_json(store.instance_file(iid, "synth.json"))
         if synthesis is None:
             failures.append(_failure(store, iid, "synth"))
@@ -85,7 +87,7 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
             continue
         counts["verified"] += 1
         if rec := trajectory_to_record(read_json(store.instance_file(iid, "rollout2.traj.json")), iid, options):
-            t2.append(rec)
+            t2.append({**rec, "changed_lines": len(changed_lines(two["patch"]))})
     out = store.dataset_dir
     known = [r for r in recalls if r is not None]
     failed_at = Counter(stage for stage, _ in failures)
@@ -101,6 +103,7 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         "dataset_dir": str(out),
     }
     store.write_json(out / "stats.json", stats)
+    write_dataset_card(store, stats, known)
     return stats
 
 

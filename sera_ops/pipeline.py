@@ -117,6 +117,12 @@ class RunContext:
     def api_key(self) -> str | None:
         return resolve_secret(self.server.api_key, self.connection_lookup)
 
+    def synth_client(self) -> TeacherClient:
+        """The judge's and PR writer's client: on `synth.model_server` when the repository sets one, else on the
+        agent's server (including a `model_server` param's)."""
+        server = self.platform.server(self.spec.synth.model_server or self.server_name)
+        return TeacherClient(server, resolve_secret(server.api_key, self.connection_lookup))
+
     def registry_password(self) -> str | None:
         return resolve_secret(self.platform.registry.credentials, self.connection_lookup)
 
@@ -387,7 +393,7 @@ def rollout_one(ctx: RunContext, batch_id: str) -> dict:
     """SERA's rollout one: an agent on a vague report around the start function, judged; up to max_attempts tries,
     each with another rollout-one template, until the judge calls the patch good."""
     preflight(ctx.server_name, ctx.server, ctx.api_key())
-    client = TeacherClient(ctx.server, ctx.api_key())
+    client = ctx.synth_client()
     secrets = ctx.secrets()
     settings = ctx.spec.rollout
 
@@ -428,7 +434,7 @@ def _rollout_one_result(ctx: RunContext, instance_id: str) -> dict | None:
 def synthesize(ctx: RunContext, batch_id: str) -> dict:
     """The synthetic PR for every judged-good rollout one, in the style of a demonstration issue."""
     preflight(ctx.server_name, ctx.server, ctx.api_key())
-    client = TeacherClient(ctx.server, ctx.api_key())
+    client = ctx.synth_client()
     pool = synth.demo_pool(ctx.spec.synth)
 
     def eligible(instance: functions.Instance) -> bool:

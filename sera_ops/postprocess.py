@@ -8,6 +8,15 @@ serves both.
 Differences from SERA's exporter (sera.md §7, §11 item 20): assistant turns without actions are kept as plain text
 instead of crashing; reformatting looks for think tags only in the assistant's prose, so a tool output, file dump or
 command that mentions `<think>` no longer drops the sample; `raw` drops harness-only fields; output is sorted.
+
+Format errors: mini-swe-agent records a reply without exactly one valid action only as a `user` correction (the reply
+itself sits in the correction's `extra`), so the correction would answer nothing, and the reply is no behaviour to
+learn. Both are left out of every format, as SWE-agent (SERA's default harness) leaves a requeried reply out of its
+history; the reply that parsed follows the previous observation and is trained.
+
+Reasoning: a teacher served with a reasoning parser returns its reasoning apart from the content; the agent's model
+keeps it as `reasoning_content`. When `add_think` or `reformat` asks for think blocks, it is the turn's think block
+(`<think>` … `</think>` before the content); `raw` keeps the field as it is.
 """
 
 import copy
@@ -118,6 +127,11 @@ class PostprocessOptions(BaseModel):
     reformat: Literal["keep_only_think", "keep_only_non_think"] | None = "keep_only_think"
     enforce_submit: bool = True
 
+    @property
+    def reformats(self) -> bool:
+        """Whether assistant turns become think block + tool calls: SERA reformats the hermes format only."""
+        return self.format == "hermes" and self.reformat is not None
+
 
 class _DropSample(Exception):
     """Raised while rendering when the sample cannot become a well-formed training record."""
@@ -169,9 +183,12 @@ def _render_assistant(message: dict, options: PostprocessOptions) -> str:
     """Prose (optionally think-wrapped or reformatted), a blank line, then one call block per action."""
     commands = [action["command"] for action in message.get("extra", {}).get("actions", [])]
     prose = _TEXT_ACTION_BLOCK.sub("", _text(message.get("content"))).strip()
+    reasoning = _text(message.get("reasoning_content")).strip()
+    if reasoning and (options.add_think or options.reformats):
+        prose = "\n\n".join(part for part in (_think_block(reasoning), prose) if part)
     if options.add_think and _THINK_OPEN not in prose:
         prose = _think_block(prose)
-    if options.format == "hermes" and options.reformat is not None:
+    if options.reformats:
         if not commands:
             raise _DropSample("reformatting needs a tool call in every assistant turn")
         prose = _reformat_prose(prose, options.reformat)
@@ -184,7 +201,7 @@ def _chat_messages(messages: list[dict], options: PostprocessOptions) -> list[di
     """Map harness messages to hermes/xml chat turns; observations of one assistant turn share one user message.
 
     An observation is a `tool` message, or (text mode) a `user` message that follows an assistant turn with actions
-    before all of its actions got an answer; other user messages (the task, format errors) stay plain.
+    before all of its actions got an answer; another user message (the task) stays plain.
     """
     system_prompt = HERMES_SYSTEM_PROMPT if options.format == "hermes" else XML_SYSTEM_PROMPT
     chat: list[dict] = []
@@ -216,6 +233,21 @@ def _chat_messages(messages: list[dict], options: PostprocessOptions) -> list[di
     return chat
 
 
+def _is_format_error(message: dict) -> bool:
+    return message.get("role") == "user" and (message.get("extra") or {}).get("interrupt_type") == "FormatError"
+
+
+def _without_format_errors(messages: list[dict]) -> list[dict]:
+    """Leave out each format-error correction and, where a harness recorded it as a turn, the reply it corrects."""
+    kept: list[dict] = []
+    for message in messages:
+        if not _is_format_error(message):
+            kept.append(message)
+        elif kept and kept[-1].get("role") == "assistant":
+            kept.pop()
+    return kept
+
+
 def _raw_messages(messages: list[dict]) -> list[dict]:
     """Harness messages without `extra` and `exit` turns; null content becomes "" for chat templates."""
     raw = []
@@ -234,7 +266,7 @@ def trajectory_to_record(trajectory: dict, instance_id: str, options: Postproces
     exit_status = str(trajectory.get("info", {}).get("exit_status", ""))
     if options.enforce_submit and exit_status.lower() != "submitted":
         return None
-    messages = trajectory.get("messages", [])
+    messages = _without_format_errors(trajectory.get("messages", []))
     if not any(message.get("role") == "assistant" for message in messages):
         return None
     if options.format == "raw":

@@ -106,8 +106,24 @@ class TeacherClient:
         return response.choices[0].message.content or ""
 
 
+_NOT_SENT_BACK = ("extra", "reasoning_content")
+"""Trajectory-only keys of a message: the teacher gets its earlier replies without their reasoning (some
+OpenAI-compatible APIs refuse `reasoning_content` in a request), as it did before the reasoning was kept."""
+
+
+def _reasoning(message: Any) -> str | None:
+    """What a server's reasoning parser (vLLM/SGLang `--reasoning-parser`) split off the reply: `reasoning_content`, or
+    `reasoning` (newer vLLM, OpenRouter); the openai client keeps such extra fields on the message."""
+    for key in ("reasoning_content", "reasoning"):
+        value = getattr(message, key, None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
 class AgentModel:
-    """mini-swe-agent `Model` protocol over the openai client; tool-call mode or fenced-text mode."""
+    """mini-swe-agent `Model` protocol over the openai client; tool-call mode or fenced-text mode. The reply's
+    reasoning, when the server returns it apart from the content, is kept as the message's `reasoning_content`."""
 
     def __init__(self, server: ModelServer, api_key: str | None, *, temperature: float, max_tokens: int | None,
                  observation_template: str, format_error_template: str):
@@ -136,7 +152,7 @@ class AgentModel:
     def query(self, messages: list[dict], **kwargs: Any) -> dict:
         from minisweagent.exceptions import FormatError
 
-        api_messages = [{k: v for k, v in m.items() if k != "extra"} for m in messages]
+        api_messages = [{k: v for k, v in m.items() if k not in _NOT_SENT_BACK} for m in messages]
         tools = {"tools": [self._bash_tool]} if self.server.tool_calls else {}
         response = self._client.chat.completions.create(model=self.server.model, messages=api_messages,
                                                         **tools, **(self.request_kwargs | kwargs))
@@ -157,6 +173,9 @@ class AgentModel:
             raise
         message = choice.message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"})
         message.setdefault("content", "")
+        reasoning = _reasoning(choice.message)
+        if reasoning:
+            message["reasoning_content"] = reasoning
         message["extra"] = {"actions": actions, "cost": 0.0, "timestamp": time.time(),
                             "usage": response.usage.model_dump() if response.usage else None}
         return message

@@ -42,6 +42,7 @@ def test_every_dag_has_owner_tags_and_retries(bag):
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", (dag_id, task.task_id)
             assert task.retries >= 1, (dag_id, task.task_id)
+            assert task.retry_exponential_backoff > 1 and task.max_retry_delay, (dag_id, task.task_id)
 
 
 def test_repo_dag_shape(bag):

@@ -11,6 +11,7 @@ from sera_ops.config import load_platform, load_repos
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
+from sera_ops.verify import changed_lines
 from tests.conftest import ROOT
 
 
@@ -94,6 +95,27 @@ def test_judge_rejections_retry_with_new_templates_and_are_left_out(tmp_path):
     one = json.loads(next(ctx.store.run_dir.rglob("rollout1.json")).read_text())
     templates = [a["rollout"]["template_index"] for a in one["attempts"]]
     assert len(templates) == 3 and all(a["judgement"]["answer"] == "no" for a in one["attempts"])
+
+
+@pytest.mark.parametrize("config", [ScriptedTeacherConfig(noop_first_attempt=True),
+                                    ScriptedTeacherConfig(judge_reject_first_attempts=1.0)],
+                         ids=["comment-only-edit", "judge-rejects"])
+def test_a_rejected_first_attempt_is_retried_with_another_template(tmp_path, config):
+    with ScriptedTeacher(config) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        (batch,) = prepare(ctx)
+        assert pipeline.rollout_one(ctx, batch)["failed"] == 0
+    results = [json.loads(p.read_text()) for p in ctx.store.run_dir.rglob("rollout1.json")]
+    assert len(results) == 4
+    for result in results:
+        first, second = result["attempts"]
+        assert (first["judgement"]["answer"], second["judgement"]["answer"]) == ("no", "yes")
+        assert first["rollout"]["template_index"] != second["rollout"]["template_index"]
+        assert result["is_good_patch"] and result["final"] == second["rollout"]
+        first_lines, second_lines = (changed_lines(a["rollout"]["patch"]) for a in (first, second))
+        comments_only = all(line.startswith("+") and line[1:].lstrip().startswith("#") for line in first_lines)
+        assert first_lines and comments_only == config.noop_first_attempt
+        assert second_lines and not all(line[1:].lstrip().startswith("#") for line in second_lines)
 
 
 def test_local_episodes_do_not_see_host_secrets(tmp_path, monkeypatch):

@@ -2,11 +2,17 @@
 
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from sera_ops import prompts
+from sera_ops.config import ModelServer
 from sera_ops.postprocess import (
     BASH_TOOL_JSON,
     HERMES_SYSTEM_PROMPT,
@@ -15,6 +21,7 @@ from sera_ops.postprocess import (
     records_from_trajectories,
     trajectory_to_record,
 )
+from sera_ops.teachers import AgentModel
 
 SECRET = "sk-do-not-leak-123"
 TASK = "<pr_description>\nThe greeting says Helo.\n</pr_description>"
@@ -91,8 +98,20 @@ def _text_observation(output: str) -> dict:
     return {"role": "user", "content": _observation(output), "extra": {"raw_output": output, "returncode": 0}}
 
 
-def _format_error(text: str = "Please always provide EXACTLY ONE action in triple backticks.") -> dict:
-    return {"role": "user", "content": text, "extra": {"interrupt_type": "FormatError", "model_response": "hmm"}}
+FORMAT_ERROR = "Your last reply could not be carried out: Expected exactly 1 action, found 0."
+BAD_REPLY = "I would rather chat than run a command."
+
+
+def _format_error(text: str = FORMAT_ERROR) -> dict:
+    """The only trace mini-swe-agent 2.4.6 leaves of a reply without exactly one action (text mode): a user turn."""
+    return {"role": "user", "content": text,
+            "extra": {"interrupt_type": "FormatError", "n_actions": 0, "model_response": BAD_REPLY}}
+
+
+def _tool_format_error() -> dict:
+    """Tool-call mode: `parse_toolcall_actions`'s FormatError message as `AgentModel` raises it (bad reply in extra)."""
+    return {"role": "user", "content": "Your last reply could not be carried out: No tool calls found in the response.",
+            "extra": {"interrupt_type": "FormatError", "cost": 0.0, "raw_content": BAD_REPLY}}
 
 
 def text_mode_trajectory() -> dict:
@@ -166,16 +185,54 @@ def test_hermes_system_prompt_lists_the_tool_schema_and_call_format():
     assert "command (string, required)" in XML_SYSTEM_PROMPT
 
 
-def test_text_mode_hermes_wraps_observations_but_not_task_or_format_errors():
+def test_text_mode_hermes_wraps_observations_and_leaves_format_errors_out():
     record = trajectory_to_record(text_mode_trajectory(), "t-1", _hermes())
-    contents = [(message["role"], message["content"]) for message in record["messages"]]
-    error = _format_error()["content"]
-    assert contents[1:3] == [("user", TASK), ("user", error)]
-    assert contents[3] == ("assistant", "THOUGHT: List the files.\n\n" + _tool_call_commands_block("ls -la"))
-    assert contents[4] == ("user", "<tool_response>\n" + _observation("hello.py\n") + "\n</tool_response>")
-    assert contents[5] == ("user", error), "a format error after an observation stays a plain user message"
+    messages = record["messages"]
+    _assert_alternating(messages)
+    contents = [(message["role"], message["content"]) for message in messages]
+    assert contents[1] == ("user", TASK)
+    assert contents[2] == ("assistant", "THOUGHT: List the files.\n\n" + _tool_call_commands_block("ls -la"))
+    assert contents[3] == ("user", "<tool_response>\n" + _observation("hello.py\n") + "\n</tool_response>")
+    fix = _tool_call_commands_block("sed -i 's/Helo/Hello/' hello.py")
+    assert contents[4] == ("assistant", f"THOUGHT: Fix it.\n\n{fix}"), "the reply after a format error is kept"
     assert all("mswea_bash_command" not in content for _, content in contents)
     assert len([role for role, _ in contents if role == "assistant"]) == 3
+
+
+def tool_mode_trajectory_with_format_errors() -> dict:
+    """Tool-call mode with a format error before the first reply that parsed and another after an observation."""
+    trajectory = tool_mode_trajectory()
+    messages = trajectory["messages"]
+    error = _tool_format_error()
+    trajectory["messages"] = messages[:2] + [error] + messages[2:4] + [error] + messages[4:]
+    return trajectory
+
+
+@pytest.mark.parametrize("output_format", ["hermes", "xml", "raw"])
+@pytest.mark.parametrize("trajectory", [tool_mode_trajectory_with_format_errors(), text_mode_trajectory()],
+                         ids=["toolcall", "text"])
+def test_format_errors_and_bad_replies_never_reach_a_record(trajectory, output_format):
+    record = trajectory_to_record(trajectory, "x", PostprocessOptions(format=output_format))
+    messages = record["messages"]
+    if output_format == "raw":
+        observation_role = "tool" if "tool_calls" in messages[2] else "user"
+        assert [m["role"] for m in messages] == ["system", "user"] + ["assistant", observation_role] * 2 + ["assistant"]
+    else:
+        _assert_alternating(messages)
+    text = json.dumps(record)
+    assert "could not be carried out" not in text and BAD_REPLY not in text
+    assert [m["train"] for m in messages] == [m["role"] == "assistant" for m in messages]
+    assert sum(m["train"] for m in messages) == 3, "the replies that parsed are trained"
+
+
+def test_a_bad_reply_recorded_as_a_turn_is_left_out_with_its_correction():
+    trajectory = tool_mode_trajectory()
+    bad = {"role": "assistant", "content": BAD_REPLY, "extra": {"actions": []}}
+    trajectory["messages"][4:4] = [bad, _tool_format_error()]
+    for options in (_hermes(), PostprocessOptions(), PostprocessOptions(format="raw")):
+        record = trajectory_to_record(trajectory, "x", options)
+        assert BAD_REPLY not in json.dumps(record)
+        assert [m["role"] for m in record["messages"]].count("assistant") == 3
 
 
 def test_several_calls_in_one_turn_share_one_observation_message():
@@ -243,6 +300,8 @@ def test_trajectory_without_assistant_turn_is_dropped():
     trajectory = tool_mode_trajectory()
     trajectory["messages"] = trajectory["messages"][:2] + [_format_error(), _exit()]
     assert trajectory_to_record(trajectory, "x", PostprocessOptions()) is None
+    trajectory["messages"][2:2] = [{"role": "assistant", "content": BAD_REPLY, "extra": {"actions": []}}]
+    assert trajectory_to_record(trajectory, "x", PostprocessOptions(reformat=None)) is None, "only a bad reply"
 
 
 def test_optional_keys_can_be_left_out():
@@ -427,3 +486,129 @@ def test_real_default_agent_trajectory(tmp_path, tool_mode):
     raw = trajectory_to_record(trajectory, "inst", PostprocessOptions(format="raw"))["messages"]
     assert all("extra" not in message for message in raw)
     assert ("tool_calls" in raw[2]) == tool_mode
+
+
+REASONING = "The report is vague; list the files first."
+
+
+def _with_reasoning(content: str | None = "Let me look at the files.") -> dict:
+    """Tool-call mode as `AgentModel` records a reply from a server with a reasoning parser."""
+    trajectory = tool_mode_trajectory()
+    trajectory["messages"][2] |= {"content": content, "reasoning_content": f"\n{REASONING}\n"}
+    return trajectory
+
+
+LS_CALL = _tool_call_commands_block("ls -la")
+XML_LS_CALL = "<function=bash>\n<parameter=command>\nls -la\n</parameter>\n</function>"
+THINK = f"<think>\n{REASONING}\n</think>"
+
+
+@pytest.mark.parametrize(("options", "content", "expected"), [
+    ({"reformat": None}, "Let me look at the files.", f"Let me look at the files.\n\n{LS_CALL}"),
+    ({"reformat": None, "add_think": True}, "Let me look at the files.",
+     f"{THINK}\n\nLet me look at the files.\n\n{LS_CALL}"),
+    ({}, "Let me look at the files.", f"{THINK}\n\n{LS_CALL}"),
+    ({}, None, f"{THINK}\n\n{LS_CALL}"),
+    ({"reformat": "keep_only_non_think"}, "Let me look at the files.",
+     f"<think>\nLet me look at the files.\n</think>\n\n{LS_CALL}"),
+    ({"reformat": "keep_only_non_think"}, "", f"{THINK}\n\n{LS_CALL}"),
+    ({"format": "xml"}, "Let me look at the files.", f"Let me look at the files.\n\n{XML_LS_CALL}"),
+    ({"format": "xml", "add_think": True}, "Let me look at the files.",
+     f"{THINK}\n\nLet me look at the files.\n\n{XML_LS_CALL}"),
+], ids=["plain", "add_think", "keep_only_think", "keep_only_think-no-content", "keep_only_non_think",
+        "keep_only_non_think-no-content", "xml", "xml-add_think"])
+def test_reasoning_content_is_the_think_block_when_options_ask_for_one(options, content, expected):
+    assert _first_assistant(_with_reasoning(content), **options) == expected
+
+
+def test_raw_format_keeps_reasoning_content_as_a_field():
+    messages = trajectory_to_record(_with_reasoning(), "x", PostprocessOptions(format="raw"))["messages"]
+    assert messages[2]["reasoning_content"] == f"\n{REASONING}\n"
+    assert messages[2]["content"] == "Let me look at the files."
+
+
+@contextmanager
+def chat_server(replies: list[dict]) -> Iterator[tuple[str, list[dict]]]:
+    """A stdlib OpenAI-compatible server on loopback: each chat completion gets the next scripted message."""
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append(body)
+            message = replies[len(requests) - 1]
+            payload = json.dumps({
+                "id": f"chatcmpl-{len(requests)}", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _reply(tool_mode: bool, reasoning: str, content: str, *commands: str, key: str = "reasoning_content") -> dict:
+    """An assistant message as vLLM/SGLang send it with a reasoning parser, in tool-call or text mode."""
+    if tool_mode:
+        calls = [{"id": f"call_{index}", "type": "function",
+                  "function": {"name": "bash", "arguments": json.dumps({"command": command})}}
+                 for index, command in enumerate(commands)]
+        return {"role": "assistant", "content": content, key: reasoning, **({"tool_calls": calls} if calls else {})}
+    blocks = "".join(f"\n\n```mswea_bash_command\n{command}\n```" for command in commands)
+    return {"role": "assistant", "content": content + blocks, key: reasoning}
+
+
+@pytest.mark.parametrize("key", ["reasoning_content", "reasoning"])
+@pytest.mark.parametrize("tool_mode", [True, False], ids=["toolcall", "text"])
+def test_agent_model_keeps_the_reasoning_and_postprocess_drops_its_format_errors(tmp_path, tool_mode, key):
+    """The real agent loop with `AgentModel` against an OpenAI-compatible server: a bad reply (no tool call, or two
+    command blocks), then two good ones, each with its reasoning apart from the content."""
+    from minisweagent.agents.default import DefaultAgent
+    from minisweagent.environments.local import LocalEnvironment
+
+    replies = [
+        _reply(tool_mode, "No idea yet.", BAD_REPLY, *([] if tool_mode else ["ls", "pwd"]), key=key),
+        _reply(tool_mode, REASONING, "Let me look.", "ls", key=key),
+        _reply(tool_mode, "Nothing to fix; submit.", "Done.", "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT", key=key),
+    ]
+    templates = prompts.agent_templates()
+    with chat_server(replies) as (url, requests):
+        model = AgentModel(ModelServer(base_url=url, model="reasoner", tool_calls=tool_mode), None, temperature=0.0,
+                           max_tokens=None, observation_template=templates["observation_template"],
+                           format_error_template=templates["format_error_template"])
+        output_path = tmp_path / "inst.traj.json"
+        agent = DefaultAgent(model, LocalEnvironment(cwd=str(tmp_path), timeout=10), system_template="You are a test.",
+                             instance_template="Task: {{task}}", step_limit=10, cost_limit=0, output_path=output_path)
+        assert agent.run(task="look around then submit")["exit_status"] == "Submitted"
+    trajectory = json.loads(output_path.read_text())
+    assistants = [m for m in trajectory["messages"] if m["role"] == "assistant"]
+    assert [m["reasoning_content"] for m in assistants] == [REASONING, "Nothing to fix; submit."]
+    assert trajectory["messages"][2]["extra"]["interrupt_type"] == "FormatError"
+    assert all("reasoning_content" not in m for request in requests for m in request["messages"]), \
+        "earlier reasoning is not sent back to the teacher"
+
+    record = trajectory_to_record(trajectory, "inst", PostprocessOptions())
+    messages = record["messages"]
+    _assert_alternating(messages)
+    assert [m["content"] for m in messages if m["train"]] == [
+        f"{THINK}\n\n{_tool_call_commands_block('ls')}",
+        "<think>\nNothing to fix; submit.\n</think>\n\n"
+        + _tool_call_commands_block("echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"),
+    ]
+    assert "could not be carried out" not in json.dumps(record) and BAD_REPLY not in json.dumps(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,17 +41,21 @@ from sera_ops.prompts import (
     render_synth_pr,
 )
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig, rollout_two_mode
-from sera_ops.verify import changed_lines
+from sera_ops.verify import changed_lines, line_recall
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "sample/shapes.py"
-SAMPLE = '''"""A small module with the three shapes of function the scripted teacher handles."""
+SAMPLE = '''"""A small module with one function for each kind of edit the scripted teacher makes."""
 
 
 def scale(values, factor):
     """Multiply every value by factor, rounded."""
     total = [value * factor for value in values]
     return [round(item, 2) for item in total]
+
+
+def exceeds(value, limit):
+    return value > limit
 
 
 class Parser:
@@ -67,12 +72,21 @@ def log_event(name, events):
     """Record an event name."""
     events.append(name)
 '''
-ROLLOUT_ONE_LINES = {
-    "scale": ["-    return [round(item, 2) for item in total]",
-              "+    result = [round(item, 2) for item in total]", "+    return result"],
-    "Parser.parse": ["-            return []", "+            result = []", "+            return result"],
-    "log_event": ["+    if False:", "+        pass"],
+ROLLOUT_ONE_LINES = {  # one behavioural kind applies to each (the guard only where none does)
+    "scale": ["-    return [round(item, 2) for item in total]", "+    return [round(item, 3) for item in total]"],
+    "exceeds": ["-    return value > limit", "+    return value <= limit"],
+    "Parser.parse": ["-        if not text:", "+        if text:"],
+    "log_event": ["+    if name is None:", '+        raise ValueError("name must not be None")'],
 }
+KINDS = {"scale": "constant", "exceeds": "compare", "Parser.parse": "negate", "log_event": "guard"}
+PROBES = {  # (call, result before the edit, result after rollout one's edit)
+    "scale": (lambda module: module.scale([1.234], 1), [1.23], [1.234]),
+    "exceeds": (lambda module: module.exceeds(3, 3), False, True),
+    "Parser.parse": (lambda module: module.Parser().parse("a,b"), ["a", "b"], []),
+    "log_event": (lambda module: module.log_event(None, []), None, "ValueError"),
+}
+SYMPTOMS = {"scale": "off by one", "exceeds": "as if a comparison were the wrong way round",
+            "Parser.parse": "takes the wrong branch", "log_event": "with `name` set to None does not fail up front"}
 SUBMIT = "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"
 DEMO_ISSUE = "### Bug report\n\nWhen I call the thing it explodes. Expected it to work.\n\nThanks!"
 
@@ -183,13 +197,12 @@ def load_sample(repo: Path):
     return module
 
 
-def assert_behaviour_unchanged(repo: Path) -> None:
-    module = load_sample(repo)
-    assert module.scale([1.234, 2], 2) == [2.47, 4]
-    assert module.Parser().parse("a,b") == ["a", "b"] and module.Parser().parse("") == []
-    events: list[str] = []
-    module.log_event("x", events)
-    assert events == ["x"]
+def probe(repo: Path, start_fn: str) -> Any:
+    """What the start function gives for its probe input now: its result, or the name of the exception it raised."""
+    try:
+        return PROBES[start_fn][0](load_sample(repo))
+    except Exception as error:
+        return type(error).__name__
 
 
 def client(teacher: ScriptedTeacher, **kwargs: Any) -> OpenAI:
@@ -197,8 +210,10 @@ def client(teacher: ScriptedTeacher, **kwargs: Any) -> OpenAI:
 
 
 @pytest.mark.parametrize(("start_fn", "use_tools", "json_observations"), [
-    ("scale", True, False), ("Parser.parse", False, False), ("log_event", True, True)])
-def test_rollout_one_edits_the_start_function(repo: Path, start_fn: str, use_tools: bool, json_observations: bool):
+    ("scale", True, False), ("exceeds", True, False), ("Parser.parse", False, False), ("log_event", True, True)])
+def test_rollout_one_changes_what_the_start_function_does(repo: Path, start_fn: str, use_tools: bool,
+                                                          json_observations: bool):
+    assert probe(repo, start_fn) == PROBES[start_fn][1]
     with ScriptedTeacher() as teacher:
         task = render_rollout_one(0, start_fn, MODULE)
         info, messages, diff = run_episode(teacher.url, repo, task, use_tools=use_tools,
@@ -206,9 +221,11 @@ def test_rollout_one_edits_the_start_function(repo: Path, start_fn: str, use_too
         stats = teacher.stats
     assert info["exit_status"] == "Submitted"
     assert changed_lines(diff) == ROLLOUT_ONE_LINES[start_fn]
-    assert_behaviour_unchanged(repo)
+    assert probe(repo, start_fn) == PROBES[start_fn][2]
     commands = [step["action"] for step in agent_steps(messages)]
     assert commands[0].endswith(f"# locate {start_fn} in {MODULE}")
+    assert re.search(rf"^# rewrite {MODULE} line \d+ \({re.escape(start_fn)}\): {KINDS[start_fn]}\b", commands[2],
+                     re.MULTILINE)
     assert commands[-2:] == ["git diff", "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"]
     assert stats["agent"] == len(commands) == 5
     observation_role = "tool" if use_tools else "user"
@@ -225,28 +242,51 @@ def synthetic_pr(teacher: ScriptedTeacher, messages: list[dict], patch: str) -> 
     return pr
 
 
-@pytest.mark.parametrize("start_fn", ["Parser.parse", "log_event"])
+@pytest.mark.parametrize("start_fn", ["scale", "exceeds", "Parser.parse", "log_event"])
 @pytest.mark.parametrize("mode", ["full", "partial", "none"])
 def test_rollout_two_reproduces_rollout_one_by_mode(repo: Path, start_fn: str, mode: str):
     with ScriptedTeacher() as teacher:
         _, messages, patch_one = run_episode(teacher.url, repo, render_rollout_one(7, start_fn, MODULE))
         pr = synthetic_pr(teacher, messages, patch_one)
-    assert f"`{start_fn}` in `{MODULE}`" in pr and "unexpected results" in pr
+    assert f"`{start_fn}` in `{MODULE}`" in pr and SYMPTOMS[start_fn] in pr
     assert pr.splitlines()[2] == "### Description"  # echoes the demonstration's heading level
     git(repo, "checkout", "-q", "--", ".")
 
     with ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes={mode: 1.0})) as teacher:
         info, _, patch_two = run_episode(teacher.url, repo, pr)
     assert info["exit_status"] == "Submitted"
-    one, two = changed_lines(patch_one), changed_lines(patch_two)
-    shared = sum((Counter(one) & Counter(two)).values())
+    recall = line_recall(patch_one, patch_two)
     if mode == "full":
-        assert two == one
+        assert changed_lines(patch_two) == changed_lines(patch_one) and recall == 1.0
+        assert probe(repo, start_fn) == PROBES[start_fn][2]
     elif mode == "partial":
-        assert 1 <= shared < len(one)
+        assert 0 < recall < 1 and probe(repo, start_fn) != PROBES[start_fn][1]
     else:
-        assert patch_two == ""
-    assert_behaviour_unchanged(repo)
+        assert patch_two == "" and recall == 0.0
+        assert probe(repo, start_fn) == PROBES[start_fn][1]
+
+
+def edit_note(teacher: ScriptedTeacher, start_fn: str, template: int) -> str:
+    """The note on the edit command the teacher sends after reading `clamp`, whose body every kind of edit fits."""
+    listing = "FUNCTION 1 4\ndef clamp(value, ceiling):\n    if value > ceiling + 1:\n        return ceiling\n" \
+              "    return value\n"
+    task = [{"role": "system", "content": "agent"},
+            {"role": "user", "content": render_rollout_one(template, start_fn, MODULE)}]
+    locate = agent_reply(teacher, task)
+    show = agent_reply(teacher, task + tool_turn("c1", locate, 0, "1:def clamp(value, ceiling):\n"))
+    command = agent_reply(teacher, task + tool_turn("c1", locate, 0, "1:def clamp(value, ceiling):\n")
+                          + tool_turn("c2", show, 0, listing))
+    note = re.search(r"^# rewrite .*$", command, re.MULTILINE)
+    assert note, command
+    return note.group(0)
+
+
+def test_the_kind_of_edit_is_a_seeded_choice_per_function_and_attempt():
+    with ScriptedTeacher() as teacher, ScriptedTeacher(ScriptedTeacherConfig(seed=1)) as other:
+        notes = [edit_note(teacher, "clamp", template) for template in range(12)]
+        assert notes == [edit_note(teacher, "clamp", template) for template in range(12)]
+        assert notes != [edit_note(other, "clamp", template) for template in range(12)]
+    assert {note.rsplit(": ", 1)[1] for note in notes} == {"compare", "constant", "negate"}
 
 
 def test_writer_without_locate_note_gives_no_output_tags():
@@ -259,11 +299,26 @@ def test_writer_without_locate_note_gives_no_output_tags():
         assert teacher.stats["writer"] == 1
 
 
-PATCH = "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n"
+def diff(path: str, hunk: str) -> str:
+    return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n{hunk}"
 
 
-def judge(teacher: ScriptedTeacher, patch: str) -> str | None:
-    prompt = render_judge("fix `f` in `x.py`", [{"action": "cat x.py", "observation": "a = 1"}], patch)
+PATCH = diff("x.py", "@@ -1 +1 @@\n-a = 1\n+a = 2\n")
+NO_CODE_CHANGED = {  # a comment in a hunk that starts in a docstring; spacing, blank line; a file not Python
+    "comment": diff("x.py", '@@ -3,3 +3,4 @@\n     more about f.\n     """\n+    # TODO: look at this again\n'
+                            '     return a  # the answer\n'),
+    "spacing": diff("x.py", "@@ -1,2 +1,3 @@\n-a = f(1,2)  # old\n+a  =  f( 1, 2 )  # new\n+\n b = 3\n"),
+    "not python": diff("README.md", "@@ -1 +1 @@\n-Old words.\n+New words.\n"),
+}
+CODE_CHANGED = {
+    "indentation": diff("x.py", "@@ -1,3 +1,3 @@\n if a:\n     b()\n-    c()\n+c()\n"),
+    "in a docstring hunk": diff("x.py", '@@ -3,3 +3,3 @@\n     more about f.\n     """\n-    return a\n'
+                                        "+    return b\n"),
+}
+
+
+def judge(teacher: ScriptedTeacher, patch: str, initial_prompt: str = "fix `f` in `x.py`") -> str | None:
+    prompt = render_judge(initial_prompt, [{"action": "cat x.py", "observation": "a = 1"}], patch)
     reply = client(teacher).chat.completions.create(
         model="scripted-teacher", messages=[{"role": "system", "content": JUDGE_SYSTEM},
                                             {"role": "user", "content": prompt}])
@@ -278,6 +333,24 @@ def test_judge_accepts_a_patch_refuses_an_empty_one_and_rejects_on_request():
         assert teacher.stats["judge"] == 2
     with ScriptedTeacher(ScriptedTeacherConfig(judge_reject_rate=1.0)) as teacher:
         assert judge(teacher, PATCH) == "no"
+
+
+def test_judge_refuses_patches_that_change_no_code():
+    with ScriptedTeacher() as teacher:
+        assert {name: judge(teacher, patch) for name, patch in NO_CODE_CHANGED.items()} == dict.fromkeys(
+            NO_CODE_CHANGED, "no")
+        assert {name: judge(teacher, patch) for name, patch in CODE_CHANGED.items()} == dict.fromkeys(
+            CODE_CHANGED, "yes")
+
+
+def test_judge_rejects_first_attempts_on_request():
+    first, second = (render_rollout_one(template, "f", "x.py") for template in (3, 8))
+    with ScriptedTeacher(ScriptedTeacherConfig(judge_reject_first_attempts=1.0)) as teacher:
+        assert judge(teacher, PATCH, first) == "no"
+        assert judge(teacher, PATCH, second) == "yes"
+        assert judge(teacher, PATCH, first) == "no"  # judged again, still the first attempt at `f`
+        assert judge(teacher, PATCH, render_rollout_one(8, "g", "x.py")) == "no"  # the first attempt at `g`
+        assert judge(teacher, PATCH) == "yes"  # not a rollout-one task
 
 
 def test_api_key_is_required_when_configured():
@@ -389,7 +462,8 @@ def test_mode_choice_is_deterministic_and_follows_the_weights():
 
 def test_cli_serves_until_sigterm():
     process = subprocess.Popen([sys.executable, "-m", "sera_ops.testing.scripted_teacher", "--port", "0",
-                                "--rollout-two-modes", "full=0.7,partial=0.2,none=0.1"],
+                                "--rollout-two-modes", "full=0.7,partial=0.2,none=0.1", "--noop-first-attempt",
+                                "--judge-reject-first-attempts", "0.5"],
                                cwd=ROOT, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     try:
         url = process.stdout.readline().strip()

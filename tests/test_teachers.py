@@ -1,10 +1,7 @@
 """The pre-flight check of a model server: a dead, silent or key-refusing server fails a batch at once, naming the
 server and its URL; a live one (even without a /models route) lets it go ahead."""
 import re
-import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -13,6 +10,7 @@ from sera_ops.config import ModelServer
 from sera_ops.errors import is_permanent
 from sera_ops.teachers import TeacherUnreachable, preflight
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
+from tests.live_stack import free_port, silent_port
 from tests.test_pipeline import make_context
 
 KEY = "sk-preflight-test-0123"
@@ -20,22 +18,6 @@ KEY = "sk-preflight-test-0123"
 
 def server(base_url: str, **overrides) -> ModelServer:
     return ModelServer(base_url=base_url, model="scripted-teacher", **overrides)
-
-
-@contextmanager
-def silent_port() -> Iterator[int]:
-    """A port whose connections the kernel accepts (listen backlog) but nobody ever answers: a hung server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield sock.getsockname()[1]
-
-
-def dead_port() -> int:
-    """A port nothing listens on (bound once to pick it, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_live_server_passes_and_its_key_is_checked():
@@ -54,7 +36,7 @@ def test_a_server_without_a_models_route_is_up():
 
 
 def test_nothing_listening_fails_at_once_naming_server_and_url():
-    url = f"http://127.0.0.1:{dead_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     started = time.monotonic()
     with pytest.raises(TeacherUnreachable, match=rf"model server 'glm' at {re.escape(url)} cannot be reached") as dead:
         preflight("glm", server(url, timeout_s=300, max_retries=5), None)
@@ -73,7 +55,7 @@ def test_a_server_that_never_answers_times_out_once_not_per_retry():
 
 @pytest.mark.parametrize("stage", [pipeline.rollout_one, pipeline.synthesize, pipeline.rollout_two])
 def test_batch_stages_check_their_server_before_touching_any_instance(tmp_path, stage):
-    url = f"http://127.0.0.1:{dead_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     ctx = make_context(tmp_path, url)
     with pytest.raises(TeacherUnreachable, match=rf"'scripted' at {re.escape(url)}"):
         stage(ctx, "b0000")

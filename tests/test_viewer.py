@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from sera_ops import pipeline, runs
 from sera_ops.config import PLATFORM_CONFIG_ENV, load_platform, load_repos
+from sera_ops.dataset_card import PLOTS
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
@@ -194,6 +195,39 @@ def test_instance_page_shows_both_patches_and_escapes_trajectory_text(client, st
     assert html.escape(files["synth"]["synth_pr"]) in page.text
     assert SCRIPT not in page.text and html.escape(SCRIPT) in page.text
     assert page.text.count("<details>") >= 2 * 5 and "secret_usage" not in page.text
+    # collapsed turns are told apart: the PR's first line, not its wrapper tag; a tool's exit code and output
+    assert f"<b>user</b> {html.escape(files['synth']['synth_pr'].splitlines()[0])}</summary>" in page.text
+    assert "<b>tool</b> [exit 0] " in page.text and "<b>user</b> &lt;pr_description&gt;" not in page.text
+
+
+def test_run_page_links_the_dataset_files_and_plots(client):
+    page = client.get(f"/{REPO}/{DONE}")
+    for name in ("README.md", "t1.parquet", "t2.parquet", "t1.jsonl", "t2.jsonl", "stats.json", *PLOTS):
+        assert f'href="/{REPO}/{DONE}/dataset/{name}"' in page.text
+    assert all(f'<img src="/{REPO}/{DONE}/dataset/{name}"' in page.text for name in PLOTS)
+    assert "/dataset/" not in client.get(f"/{REPO}/{FAILED}").text  # not assembled: nothing to link
+
+
+def test_dataset_files_are_served_by_name(client, store, tmp_path):
+    folder = store / REPO / "runs" / DONE / "dataset"
+    card = client.get(f"/{REPO}/{DONE}/dataset/README.md")
+    assert card.status_code == 200 and card.text == (folder / "README.md").read_text()
+    assert card.headers["content-type"] == "text/plain; charset=utf-8"
+    assert card.headers["x-content-type-options"] == "nosniff" and "| t2 records | 2 |" in card.text
+    parquet = client.get(f"/{REPO}/{DONE}/dataset/t2.parquet")
+    assert parquet.content == (folder / "t2.parquet").read_bytes()
+    assert parquet.headers["content-disposition"] == f'attachment; filename="{REPO}-{DONE}-t2.parquet"'
+    plot = client.get(f"/{REPO}/{DONE}/dataset/recall.png")
+    assert plot.headers["content-type"] == "image/png" and plot.content.startswith(b"\x89PNG")
+    outside = tmp_path / "outside"
+    (outside / "dataset").mkdir(parents=True)
+    (outside / "dataset" / "README.md").write_text("not from the store")
+    link = store / REPO / "runs" / "escape"
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        assert client.get(f"/{REPO}/escape/dataset/README.md").status_code == 404
+    finally:
+        link.unlink()
 
 
 def test_stats_api_returns_stats_json(client, store):
@@ -204,7 +238,9 @@ def test_stats_api_returns_stats_json(client, store):
 
 @pytest.mark.parametrize("path", [
     f"/{REPO}/%2e%2e", "/%2e%2e/runs", f"/{REPO}/{DONE}/%2e%2e", f"/{REPO}/%2e%2e%2f%2e%2e", f"/{REPO}/no-such-run",
-    f"/{REPO}/{DONE}/no_such_instance", f"/api/{REPO}/%2e%2e/stats", f"/api/{REPO}/{FAILED}/stats", "/a/b/c/d"])
+    f"/{REPO}/{DONE}/no_such_instance", f"/api/{REPO}/%2e%2e/stats", f"/api/{REPO}/{FAILED}/stats", "/a/b/c/d",
+    f"/{REPO}/{DONE}/dataset/manifest.json", f"/{REPO}/{DONE}/dataset/%2e%2e", f"/{REPO}/{FAILED}/dataset/README.md",
+    f"/%2e%2e/{DONE}/dataset/README.md", f"/{REPO}/%2e%2e/dataset/stats.json"])
 def test_invalid_or_unknown_names_are_404(client, path):
     response = client.get(path)
     assert response.status_code == 404

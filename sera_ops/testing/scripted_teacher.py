@@ -2,11 +2,15 @@
 
 It lets the whole SERA pipeline (mini-swe-agent's agent loop, real sandboxes, real HTTP clients, judge and synthetic-PR
 writer) run without a GPU, for tests and for users' dry runs. It is not a model: it plays a fixed script. As the agent
-it locates the start function named in the task, prints its source with a small `ast` script, rewrites one line by
-absolute line number (or inserts a harmless guard), reviews `git diff` and submits. The edit is derived only from the
-function's source, so a rollout-two episode in mode "full" reproduces rollout one's patch exactly, "partial" shares
-some changed lines and "none" changes nothing. All randomness (modes, judge rejections, injected errors and stalls)
-comes from stable hashes of the seed and the request, so a run is reproducible.
+it locates the start function named in the task, prints its source with a small `ast` script, makes one edit that
+changes behaviour by rewriting a line by absolute line number (flips a comparison, bumps a numeric constant, negates
+an `if` test, or, where none of those applies, inserts a guard that raises on a None argument), reviews `git diff`
+and submits. The kind of edit is a seeded choice per function and vague report (so each attempt may pick another);
+the synthetic PR describes the symptom of that kind, and rollout two derives the same edit from the function and the
+symptom, so mode "full" reproduces rollout one's patch exactly, "partial" writes the same line another way (sharing
+the removed line, or the guard's `if`) and "none" changes nothing. The judge turns down empty patches and patches that
+change no Python code (comments, blank lines, spacing). All randomness (edit kinds, modes, judge rejections, injected
+errors and stalls) comes from stable hashes of the seed and the request, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import ast
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -22,14 +27,21 @@ import shlex
 import signal
 import threading
 import time
+import tokenize
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from types import MappingProxyType
 from typing import Any
 
-from sera_ops.prompts import JUDGE_SYSTEM, WRITER_SYSTEM, match_rollout_one
+from sera_ops.prompts import (
+    JUDGE_SYSTEM,
+    ROLLOUT_ONE_COUNT,
+    WRITER_SYSTEM,
+    match_rollout_one,
+    render_rollout_one,
+)
 from sera_ops.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
 MODES = ("full", "partial", "none")
@@ -46,6 +58,16 @@ _PR_TARGET = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)` in `([^`\s]+\.py)`
 _LISTING_HEADER = re.compile(r"FUNCTION (\d+) (\d+)")
 _SHOW_NOTE = "# print the source of "
 _EDIT_NOTE = "# rewrite "
+_EDIT_DONE = re.compile(r"^# rewrite \S+ line \d+ \(.*\): (\w+)(?: ([\w.]+))?$", re.MULTILINE)
+"""The note on the edit command (see _edit_command): the kind of edit and its subject, for the PR writer."""
+_PLANS = {
+    "compare": "The comparison on line {line} of `{path}` is the wrong way round; I will flip it.",
+    "constant": "The constant on line {line} of `{path}` is off by one; I will correct it.",
+    "negate": "The condition on line {line} of `{path}` sends `{fn}` down the wrong branch; I will negate it.",
+    "guard": "`{fn}` never checks `{subject}`; right after line {line} of `{path}` I will make it reject None.",
+    "comment": "I will write down what to check in `{fn}` in a comment after line {line} of `{path}`.",
+}
+"""The thought before each kind of edit."""
 _EXPLORE = "ls"
 _REVIEW = "git diff"
 _SUBMIT = f"echo {SUBMIT_MARKER}"
@@ -53,12 +75,19 @@ _SUBMIT = f"echo {SUBMIT_MARKER}"
 
 @dataclass(frozen=True)
 class ScriptedTeacherConfig:
-    """How the scripted teacher behaves; every random-looking choice is a stable hash of `seed` and the request."""
+    """How the scripted teacher behaves; every random-looking choice is a stable hash of `seed` and the request.
+
+    `judge_reject_first_attempts` (a share) and `noop_first_attempt` (a comment-only edit, which the judge turns
+    down) make rollout one's first attempt at a function fail, so that the pipeline's retry with another vague report
+    is exercised. The first attempt is the first vague report about that function this teacher sees.
+    """
 
     model: str = "scripted-teacher"
     api_key: str | None = field(default=None, repr=False)
     rollout_two_modes: Mapping[str, float] = field(default_factory=lambda: {"full": 1.0})
     judge_reject_rate: float = 0.0
+    judge_reject_first_attempts: float = 0.0
+    noop_first_attempt: bool = False
     latency_s: float = 0.0
     error_rate: float = 0.0
     stall_rate: float = 0.0
@@ -74,7 +103,7 @@ class ScriptedTeacherConfig:
         weights = list(self.rollout_two_modes.values())
         if any(weight < 0 for weight in weights) or sum(weights) <= 0:
             raise ValueError("rollout_two_modes: weights must be non-negative with a positive sum")
-        for name in ("judge_reject_rate", "error_rate", "stall_rate"):
+        for name in ("judge_reject_rate", "judge_reject_first_attempts", "error_rate", "stall_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.latency_s < 0 or self.stall_s < 0:
@@ -110,9 +139,17 @@ def rollout_two_mode(config: ScriptedTeacherConfig, pr_text: str) -> str:
 
 @dataclass(frozen=True)
 class _Target:
+    """What an episode is about. Rollout one: `report` is the index of its vague report (attempts differ in it),
+    `pick` the seeded point that chooses the kind of edit, `noop` asks for a comment-only edit; rollout two: `kind`
+    is the edit that the PR's symptom points to (None: none recognised)."""
+
     start_fn: str
     path: str
     mode: str
+    report: int | None = None
+    pick: float = 0.0
+    kind: str | None = None
+    noop: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,13 +178,24 @@ def _target(task: str, config: ScriptedTeacherConfig) -> _Target | None:
     """Rollout one when the task holds a known vague prompt; otherwise rollout two, aimed at the PR's "`X` in `Y`"."""
     rollout_one = match_rollout_one(task)
     if rollout_one is not None:
-        return _Target(rollout_one[0], rollout_one[1], "full")
+        start_fn, path = rollout_one
+        report = _report_index(task, start_fn, path)
+        pick = stable_fraction(config.seed, "edit", start_fn, path, str(report))
+        return _Target(start_fn, path, "full", report, pick)
     wrapped = _PR_DESCRIPTION.search(task)
     pr_text = wrapped.group(1) if wrapped else task
     named = _PR_TARGET.search(pr_text)
     if named is None:
         return None
-    return _Target(named.group(1), named.group(2), rollout_two_mode(config, pr_text))
+    kind = next((kind for kind, marker in _SYMPTOM_MARKERS.items() if marker in pr_text), None)
+    return _Target(named.group(1), named.group(2), rollout_two_mode(config, pr_text), kind=kind)
+
+
+def _report_index(task: str, start_fn: str, path: str) -> int:
+    """Which of the vague reports the task holds (-1: none verbatim); the pipeline gives each attempt another one."""
+    words = " ".join(task.split())
+    return next((index for index in range(ROLLOUT_ONE_COUNT)
+                 if " ".join(render_rollout_one(index, start_fn, path).split()) in words), -1)
 
 
 def _action_of(message: dict) -> str:
@@ -206,15 +254,28 @@ def _history(messages: list[dict]) -> list[_Turn]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Deriving the edit from the function's printed source
 
+EDIT_KINDS = ("compare", "constant", "negate")
+"""The behaviour-changing edits the teacher picks from; a `None` guard only where none of them applies."""
+
+_FLIPPED = {ast.Lt: ">=", ast.GtE: "<", ast.Gt: "<=", ast.LtE: ">", ast.Eq: "!=", ast.NotEq: "==",
+            ast.Is: "is not", ast.IsNot: "is", ast.In: "not in", ast.NotIn: "in"}
+_OPERATOR = re.compile(r"([\s)]*)(<=|>=|==|!=|<|>|is\s+not|is|not\s+in|in)([\s(]*)")
+"""What lies between a comparison's left operand and its first comparator: the operator, maybe parentheses."""
+_ATOMS = (ast.Name, ast.Attribute, ast.Call, ast.Subscript, ast.Constant)
+_NOT_DESCENDED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.JoinedStr)
+
 
 @dataclass(frozen=True)
 class _Edit:
-    """Rewrite one line of the function (0-based `offset`): keep it and add lines after it, or replace it."""
+    """Rewrite one line of the function (0-based `offset`): keep it and add lines after it, or replace it.
+    `kind` is one of EDIT_KINDS, "guard" or "comment"; `subject` is the argument a guard checks."""
 
     offset: int
     expected: str
     keep: bool
     new_lines: tuple[str, ...]
+    kind: str
+    subject: str = ""
 
 
 def _listing(output: str) -> tuple[int, list[str]] | None:
@@ -233,69 +294,190 @@ def _leading_space(line: str) -> str:
     return line[:len(line) - len(line.lstrip(" \t"))]
 
 
-def _own_returns(function: ast.AST) -> Iterator[ast.Return]:
-    """Return statements of the function itself, not of nested functions or classes."""
-    stack = list(ast.iter_child_nodes(function))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Return):
-            yield node
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
-            stack.extend(ast.iter_child_nodes(node))
-
-
-def _unused_name(base: str, source: str) -> str:
-    candidates = [base, f"{base}_"] + [f"{base}_{n}" for n in range(2, 1000)]
-    return next(name for name in candidates if not re.search(rf"\b{re.escape(name)}\b", source))
-
-
 def _starts_its_line(node: ast.stmt, lines: list[str]) -> bool:
     line = lines[node.lineno - 1].encode("utf-8")
     return not line[:node.col_offset].strip()
 
 
-def _function_edit(lines: list[str], mode: str) -> _Edit | None:
-    """Full: name the returned value `result` (or guard with `if False: pass`); partial: a variant sharing one line."""
-    if mode == "none" or not lines:
-        return None
-    def_indent = _leading_space(lines[0])
-    relative = [line[len(def_indent):] if line.startswith(def_indent) else line for line in lines]
-    try:
-        module = ast.parse("\n".join(relative))
-    except SyntaxError:
-        return None
-    if not module.body or not isinstance(module.body[0], ast.FunctionDef | ast.AsyncFunctionDef):
-        return None
-    function = module.body[0]
-    for node in sorted(_own_returns(function), key=lambda node: (node.lineno, node.col_offset)):
-        if node.value is None or node.lineno != node.end_lineno:
-            continue
-        raw = relative[node.lineno - 1].encode("utf-8")
-        if raw[:node.col_offset].strip() or raw[node.end_col_offset:].strip():
-            continue
-        expression = raw[node.col_offset:node.end_col_offset].decode("utf-8").removeprefix("return").strip()
-        original = lines[node.lineno - 1]
-        indent = _leading_space(original)
-        name = _unused_name("result" if mode == "full" else "value", "\n".join(lines))
-        return _Edit(node.lineno - 1, original, False, (f"{indent}{name} = {expression}", f"{indent}return {name}"))
-    return _guard_insertion(function, lines, relative, mode)
+@dataclass(frozen=True)
+class _Function:
+    """The printed function parsed on its own: `relative` is `lines` without the def line's indentation, so node
+    offsets (UTF-8 bytes, as `ast` counts them) index `relative`."""
+
+    lines: list[str]
+    relative: list[str]
+    node: ast.FunctionDef | ast.AsyncFunctionDef
+    dump: str
+
+    @classmethod
+    def parse(cls, lines: list[str]) -> _Function | None:
+        lines = [line.rstrip("\r") for line in lines]  # a CRLF file: the edit script puts the endings back
+        indent = _leading_space(lines[0]) if lines else ""
+        relative = [line[len(indent):] if line.startswith(indent) else line for line in lines]
+        try:
+            module = ast.parse("\n".join(relative))
+        except SyntaxError:
+            return None
+        if not module.body or not isinstance(module.body[0], ast.FunctionDef | ast.AsyncFunctionDef):
+            return None
+        return cls(lines, relative, module.body[0], ast.dump(module))
+
+    @property
+    def indent(self) -> str:
+        return _leading_space(self.lines[0])
+
+    def nodes(self) -> list[ast.AST]:
+        """The body's nodes in source order, leaving out nested functions, classes, lambdas and f-strings."""
+        found, stack = [], list(self.node.body)
+        while stack:
+            node = stack.pop()
+            found.append(node)
+            if not isinstance(node, _NOT_DESCENDED):
+                stack.extend(ast.iter_child_nodes(node))
+        return sorted((node for node in found if hasattr(node, "end_lineno")),
+                      key=lambda node: (node.lineno, node.col_offset))
+
+    def source(self, node: ast.AST) -> str:
+        return self.relative[node.lineno - 1].encode("utf-8")[node.col_offset:node.end_col_offset].decode("utf-8")
+
+    def rewrite(self, kind: str, lineno: int, start: int, end: int, text: str) -> _Edit | None:
+        """Replace bytes [start, end) of line `lineno` with `text`; None where the line is not under the def."""
+        original = self.lines[lineno - 1]
+        if not original.startswith(self.indent):
+            return None
+        raw = self.relative[lineno - 1].encode("utf-8")
+        new = (raw[:start] + text.encode("utf-8") + raw[end:]).decode("utf-8")
+        return _Edit(lineno - 1, original, False, (self.indent + new,), kind)
+
+    def replace(self, kind: str, node: ast.AST, text: str) -> _Edit | None:
+        return self.rewrite(kind, node.lineno, node.col_offset, node.end_col_offset, text)
+
+    def body_top(self) -> tuple[int, str] | None:
+        """(0-based line after which a first statement can go, the body's indentation): after the docstring."""
+        first = self.node.body[0]
+        has_docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                         and isinstance(first.value.value, str))
+        decorators = getattr(first, "decorator_list", [])
+        first_line = min([first.lineno] + [decorator.lineno for decorator in decorators])
+        if first_line <= self.node.lineno or (not decorators and not _starts_its_line(first, self.relative)):
+            return None  # the body shares a line with the def header
+        after = first.end_lineno if has_docstring else first_line - 1
+        return after - 1, _leading_space(self.lines[first_line - 1])
+
+    def changes_code(self, edit: _Edit | None) -> bool:
+        """Whether the edit leaves valid Python with another syntax tree (the container checks syntax again)."""
+        if edit is None:
+            return False
+        relative = list(self.relative)
+        kept = [relative[edit.offset]] if edit.keep else []
+        relative[edit.offset:edit.offset + 1] = kept + [line[len(self.indent):] for line in edit.new_lines]
+        try:
+            return ast.dump(ast.parse("\n".join(relative))) != self.dump
+        except SyntaxError:
+            return False
 
 
-def _guard_insertion(function: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str], relative: list[str],
-                     mode: str) -> _Edit | None:
-    """Insert an `if False:` guard as the first statement after the docstring (never changes behaviour)."""
-    first = function.body[0]
-    has_docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                     and isinstance(first.value.value, str))
-    decorators = getattr(first, "decorator_list", [])
-    first_line = min([first.lineno] + [decorator.lineno for decorator in decorators])
-    if first_line <= function.lineno or (not decorators and not _starts_its_line(first, relative)):
-        return None  # the body shares a line with the def header
-    after = first.end_lineno if has_docstring else first_line - 1
-    indent = _leading_space(lines[first_line - 1])
-    step = indent[len(_leading_space(lines[0])):] or "    "
-    second = "pass" if mode == "full" else "..."
-    return _Edit(after - 1, lines[after - 1], True, (f"{indent}if False:", f"{indent}{step}{second}"))
+_Pair = tuple[_Edit | None, _Edit | None]
+"""An edit as rollout one makes it ("full") and the other way a partial rollout two writes the same line."""
+
+
+def _comparisons(function: _Function) -> Iterator[_Pair]:
+    """Flip the operator (`<` to `>=`, `==` to `!=`, `in` to `not in`); partial: `not (...)` around the comparison."""
+    for node in function.nodes():
+        if not isinstance(node, ast.Compare) or node.lineno != node.end_lineno:
+            continue
+        left, right = node.left, node.comparators[0]
+        gap = function.relative[node.lineno - 1].encode("utf-8")[left.end_col_offset:right.col_offset]
+        operator = _OPERATOR.fullmatch(gap.decode("utf-8"))
+        if operator:
+            flipped = operator.group(1) + _FLIPPED[type(node.ops[0])] + operator.group(3)
+            yield (function.rewrite("compare", node.lineno, left.end_col_offset, right.col_offset, flipped),
+                   function.replace("compare", node, f"not ({function.source(node)})"))
+
+
+def _constants(function: _Function) -> Iterator[_Pair]:
+    """A numeric literal n becomes n + 1; partial: n + 2."""
+    for node in function.nodes():
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.lineno == node.end_lineno:
+            yield (function.replace("constant", node, repr(node.value + 1)),
+                   function.replace("constant", node, repr(node.value + 2)))
+
+
+def _negations(function: _Function) -> Iterator[_Pair]:
+    """An `if` test c becomes `not c` (`not x` becomes `x`); partial: `not bool(c)` (`bool(x)`)."""
+    for node in function.nodes():
+        test = node.test if isinstance(node, ast.If) else None
+        if test is None or test.lineno != test.end_lineno:
+            continue
+        if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            inner = function.source(test.operand)
+            texts = (inner, f"bool({inner})")
+        else:
+            inner = function.source(test)
+            texts = (f"not {inner}" if isinstance(test, _ATOMS) else f"not ({inner})", f"not bool({inner})")
+        yield tuple(function.replace("negate", test, text) for text in texts)
+
+
+def _guards(function: _Function) -> Iterator[_Pair]:
+    """`if <first argument> is None: raise ValueError(...)` at the top of the body (a method without arguments: the
+    first attribute of self it reads); partial: raises TypeError."""
+    arguments = function.node.args.posonlyargs + function.node.args.args + function.node.args.kwonlyargs
+    names = [argument.arg for argument in arguments]
+    if names[:1] in (["self"], ["cls"]):
+        receiver, names = names[0], names[1:]
+        nodes = function.nodes()
+        called = {id(node.func) for node in nodes if isinstance(node, ast.Call)}  # methods are never None
+        names = names or [f"{receiver}.{node.attr}" for node in nodes if isinstance(node, ast.Attribute)
+                          and isinstance(node.value, ast.Name) and node.value.id == receiver and id(node) not in called]
+    top = function.body_top()
+    if top is None or not names:
+        return
+    after, indent = top
+    step = indent[len(function.indent):] or "    "
+    check = f"{indent}if {names[0]} is None:"
+    yield tuple(_Edit(after, function.lines[after], True,
+                      (check, f'{indent}{step}raise {error}("{names[0]} must not be None")'), "guard", names[0])
+                for error in ("ValueError", "TypeError"))
+
+
+def _edits(lines: list[str]) -> dict[str, tuple[_Edit, _Edit]]:
+    """Per kind that applies to the function, its first (full, partial) pair that really changes the code."""
+    function = _Function.parse(lines)
+    if function is None:
+        return {}
+    found = {}
+    for kind, pairs in (("compare", _comparisons), ("constant", _constants), ("negate", _negations),
+                        ("guard", _guards)):
+        pair = next((pair for pair in pairs(function) if all(map(function.changes_code, pair))), None)
+        if pair is not None:
+            found[kind] = pair
+    return found
+
+
+def _comment_edit(lines: list[str], start_fn: str) -> _Edit | None:
+    """A comment line at the top of the body: a patch that changes no code (the judge must turn it down)."""
+    function = _Function.parse(lines)
+    if function is None:
+        return None
+    after, indent = function.body_top() or (0, function.indent + "    ")
+    return _Edit(after, function.lines[after], True, (f"{indent}# TODO: double-check the edge cases of {start_fn}",),
+                 "comment")
+
+
+def _choose_edit(lines: list[str], target: _Target) -> _Edit | None:
+    """Rollout one: the kind at `target.pick` among the applicable EDIT_KINDS, else a guard (or, on request, a
+    comment); rollout two: the kind the PR describes, written as `target.mode` says."""
+    if target.mode == "none":
+        return None
+    if target.noop:
+        return _comment_edit(lines, target.start_fn)
+    edits = _edits(lines)
+    kind = target.kind
+    if kind is None:
+        behavioural = [kind for kind in EDIT_KINDS if kind in edits]
+        kind = behavioural[int(target.pick * len(behavioural))] if behavioural else "guard"
+    pair = edits.get(kind)
+    return pair[0 if target.mode == "full" else 1] if pair else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -373,7 +555,7 @@ def _show_command(target: _Target) -> str:
 
 def _edit_command(target: _Target, start_line: int, edit: _Edit) -> str:
     number = start_line + edit.offset
-    note = f"{_EDIT_NOTE}{target.path} line {number} ({target.start_fn})"
+    note = f"{_EDIT_NOTE}{target.path} line {number} ({target.start_fn}): {edit.kind} {edit.subject}".rstrip()
     assignments = {"path": target.path, "number": number, "expected": edit.expected, "keep": edit.keep,
                    "new_lines": list(edit.new_lines)}
     return _heredoc(note, assignments, _EDIT_BODY)
@@ -409,12 +591,10 @@ def _next_action(target: _Target | None, turns: list[_Turn]) -> tuple[str, str]:
         return f"Found it. I will print the whole of `{target.start_fn}` to read its body.", _show_command(target)
     if kind == "show":
         listing = _listing(last.output) if last.returncode == 0 else None
-        edit = _function_edit(listing[1], target.mode) if listing else None
+        edit = _choose_edit(listing[1], target) if listing else None
         if listing and edit:
-            number = listing[0] + edit.offset
-            thought = (f"I will add an explicit guard to `{target.start_fn}` after line {number} of `{target.path}`."
-                       if edit.keep else
-                       f"I will name the value `{target.start_fn}` returns on line {number} of `{target.path}`.")
+            thought = _PLANS[edit.kind].format(fn=target.start_fn, path=target.path, line=listing[0] + edit.offset,
+                                               subject=edit.subject)
             return thought, _edit_command(target, listing[0], edit)
         return "I will review the state of the working tree before submitting.", _REVIEW
     if kind == "edit":
@@ -425,28 +605,102 @@ def _next_action(target: _Target | None, turns: list[_Turn]) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Judge and synthetic-PR writer
 
+_INITIAL_PROMPT = re.compile(r"<initial_prompt>(.*?)</initial_prompt>", re.DOTALL)
+_HUNK_HEADER = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+_SYMPTOMS = {
+    "compare": "Calling `{fn}` in `{path}` treats inputs on one side of the check it makes like those on the other "
+               "side, as if a comparison were the wrong way round.",
+    "constant": "Calling `{fn}` in `{path}` is off by one: what it produces is always one step away from what I "
+                "expect.",
+    "negate": "Calling `{fn}` in `{path}` takes the wrong branch: the case it should treat specially goes down the "
+              "ordinary path, and the ordinary case gets the special treatment.",
+    "guard": "Calling `{fn}` in `{path}` with `{subject}` set to None does not fail up front: it carries on and breaks "
+             "later with a confusing error far from the call. I expected a ValueError saying that `{subject}` must "
+             "not be None.",
+}
+"""What a user of the function sees before each kind of fix, as the synthetic PR reports it."""
+_SYMPTOM_MARKERS = {kind: max(re.split(r"\{\w+\}", text), key=len) for kind, text in _SYMPTOMS.items()}
+"""The longest fixed piece of each symptom: how rollout two tells from the PR which fix it asks for."""
+_VAGUE_SYMPTOM = ("Calling `{fn}` in `{path}` gives unexpected results. The value it hands back does not match what "
+                  "its callers expect, so code built on top of it misbehaves.")
 
-def _judge_reply(prompt: str, config: ScriptedTeacherConfig) -> str:
-    if not re.search(r"^diff --git ", prompt, re.MULTILINE):
+
+def _hunks(patch: str) -> list[tuple[str, list[str], list[str]]]:
+    """(file, old side, new side) of every hunk of a unified diff, context lines on both sides."""
+    hunks: list[tuple[str, list[str], list[str]]] = []
+    path, old_left, new_left = "", 0, 0
+    for line in patch.splitlines():
+        if old_left > 0 or new_left > 0:
+            sign = line[:1]
+            if sign == "\\":  # "\ No newline at end of file"
+                continue
+            _, before, after = hunks[-1]
+            if sign != "+":  # a removed or context line (a blank context line may have lost its space)
+                before.append(line[1:])
+                old_left -= 1
+            if sign != "-":
+                after.append(line[1:])
+                new_left -= 1
+        elif line.startswith("diff --git "):
+            path = line.rsplit(" b/", 1)[-1].rstrip('"')  # the new name (a quoted header keeps its whole line)
+        elif header := _HUNK_HEADER.match(line):
+            old_left, new_left = int(header.group(1) or 1), int(header.group(2) or 1)
+            hunks.append((path, [], []))
+    return hunks
+
+
+def _code_line(line: str) -> str:
+    """A line's tokens without comment and spacing, led by its indentation width; "" for a blank or comment line.
+    A line that does not tokenize on its own (part of a bracket or string) only loses a trailing quote-free comment."""
+    text = line.strip()
+    try:
+        body = " ".join(token.string for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                        if token.type not in _LAYOUT)
+    except (tokenize.TokenError, SyntaxError):
+        body = " ".join(re.sub(r"#[^'\"]*$", "", text).split())
+    return f"{len(line) - len(line.lstrip())}:{body}" if body else ""
+
+
+def _changes_python_code(patch: str) -> bool:
+    """Whether a hunk of a .py file differs in more than comments, blank lines and spacing; when none does, no
+    syntax tree changed. Read line by line, so a hunk that starts inside a string or bracket is no problem."""
+    def code(lines: list[str]) -> list[str]:
+        return [text for text in map(_code_line, lines) if text]
+
+    return any(path.endswith(".py") and code(before) != code(after) for path, before, after in _hunks(patch))
+
+
+def _judge_reply(prompt: str, config: ScriptedTeacherConfig, first_attempt: bool) -> str:
+    """No for an empty patch, for one that changes no Python code, and for the configured share of the rest."""
+    start = prompt.rfind("<patch>")
+    patch = prompt[start:prompt.rfind("</patch>")] if start >= 0 else ""
+    if not re.search(r"^diff --git ", patch, re.MULTILINE):
         return "The final patch is empty, so the agent did not change anything.\n<output>no</output>"
-    if stable_fraction(config.seed, "judge", prompt) < config.judge_reject_rate:
+    if not _changes_python_code(patch):
+        return ("The patch only touches comments, blank lines or spacing (or no Python at all): the code does exactly "
+                "what it did before, so it cannot fix anything.\n<output>no</output>")
+    first_share = config.judge_reject_first_attempts if first_attempt else 0.0
+    if (stable_fraction(config.seed, "judge", prompt) < config.judge_reject_rate
+            or stable_fraction(config.seed, "judge-first", prompt) < first_share):
         return "The patch changes code, but I am not convinced it addresses the reported problem.\n<output>no</output>"
     return "The patch changes the function the task points at and stays consistent with it.\n<output>yes</output>"
 
 
 def _writer_reply(prompt: str) -> str:
+    """A bug report, in the demonstration's heading style, of the symptom that the agent's edit (its note) removes."""
     note = LOCATE_NOTE.search(prompt)
     if note is None:
         return "I could not tell from the trajectory which function the change is about."
     start_fn, path = note.groups()
+    edit = _EDIT_DONE.search(prompt)
+    kind, subject = edit.groups() if edit else (None, None)
     demonstration = prompt[prompt.rfind("<demonstration_issue>"):] if "<demonstration_issue>" in prompt else ""
     heading = re.search(r"^(#{1,6})[ \t]+\S", demonstration, re.MULTILINE)
-    lines = [f"Unexpected result from `{start_fn}`", ""]
+    lines = [f"Wrong behaviour of `{start_fn}`", ""]
     if heading:
         lines += [f"{heading.group(1)} Description", ""]
-    lines.append(f"Calling `{start_fn}` in `{path}` gives unexpected results. The value it hands back does not match "
-                 "what its callers expect, so code built on top of it misbehaves. I would expect it to behave "
-                 "consistently with the rest of the module.")
+    lines.append(_SYMPTOMS.get(kind, _VAGUE_SYMPTOM).format(fn=start_fn, path=path, subject=subject))
     return "<output>\n" + "\n".join(lines) + "\n</output>"
 
 
@@ -535,6 +789,7 @@ class ScriptedTeacher(LoopbackServer):
         self._stopping = threading.Event()
         self._counts = dict.fromkeys(("agent", "judge", "writer", "errors", "stalls"), 0)
         self._requests = 0
+        self._reports: dict[tuple[str, str], list[int]] = {}
 
     def _before_start(self) -> None:
         self._stopping.clear()
@@ -587,13 +842,30 @@ class ScriptedTeacher(LoopbackServer):
 
     def agent_action(self, task: str, messages: list[dict]) -> tuple[str, str]:
         """(thought, command) of the next agent turn; subclasses play other scripts."""
-        return _next_action(_target(task, self.config), _history(messages))
+        target = _target(task, self.config)
+        if target is not None and target.report is not None:
+            target = replace(target, noop=self._attempt(target) == 0 and self.config.noop_first_attempt)
+        return _next_action(target, _history(messages))
+
+    def _attempt(self, target: _Target) -> int:
+        """Rollout one's attempt at the target's function: how many other vague reports about it came first."""
+        with self._lock:
+            seen = self._reports.setdefault((target.start_fn, target.path), [])
+            if target.report not in seen:
+                seen.append(target.report)
+            return seen.index(target.report)
+
+    def _judges_first_attempt(self, prompt: str) -> bool:
+        initial = _INITIAL_PROMPT.search(prompt)
+        target = _target(initial.group(1), self.config) if initial else None
+        return target is not None and target.report is not None and self._attempt(target) == 0
 
     def _completion(self, request: dict, messages: list[dict], number: int) -> dict:
         system, user = _first(messages, "system").strip(), _first(messages, "user")
         tools = bool(request.get("tools"))
         if system == JUDGE_SYSTEM.strip():
-            kind, message = "judge", {"role": "assistant", "content": _judge_reply(user, self.config)}
+            reply = _judge_reply(user, self.config, self._judges_first_attempt(user))
+            kind, message = "judge", {"role": "assistant", "content": reply}
         elif system == WRITER_SYSTEM.strip():
             kind, message = "writer", {"role": "assistant", "content": _writer_reply(user)}
         else:
@@ -651,6 +923,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rollout-two-modes", type=_parse_modes, default={"full": 1.0},
                         help="weights per mode, e.g. full=0.7,partial=0.2,none=0.1")
     parser.add_argument("--judge-reject-rate", type=float, default=0.0)
+    parser.add_argument("--judge-reject-first-attempts", type=float, default=0.0,
+                        help="share of rollout one's first attempts at a function that the judge rejects")
+    parser.add_argument("--noop-first-attempt", action="store_true",
+                        help="make a comment-only edit in rollout one's first attempt at a function")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat request")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered with 500/429")
     parser.add_argument("--stall-rate", type=float, default=0.0, help="share of requests that stall first")
@@ -665,7 +941,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = ScriptedTeacherConfig(
             model=args.model, api_key=api_key, rollout_two_modes=args.rollout_two_modes,
-            judge_reject_rate=args.judge_reject_rate, latency_s=args.latency, error_rate=args.error_rate,
+            judge_reject_rate=args.judge_reject_rate, judge_reject_first_attempts=args.judge_reject_first_attempts,
+            noop_first_attempt=args.noop_first_attempt, latency_s=args.latency, error_rate=args.error_rate,
             stall_rate=args.stall_rate, stall_s=args.stall, seed=args.seed, host=args.host, port=args.port)
     except ValueError as error:
         parser.error(str(error))
