@@ -25,13 +25,14 @@ from urllib.parse import quote
 
 from sera_ops import curate
 from sera_ops.config import ConfigError, RepoSpec, check_references, load_platform, load_repo, load_repos
+from sera_ops.errors import PermanentError
 from sera_ops.images import ImageBuildError
 from sera_ops.mirror import MirrorError
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
 from sera_ops.sources import SourceError
 from sera_ops.store import RunStore, atomic_write_text
 
-USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed)
+USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError)
 """Problems the user can fix (configuration, sources, images, the teacher): one line on stderr, no traceback."""
 
 

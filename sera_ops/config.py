@@ -225,6 +225,43 @@ class RolloutSettings(_Strict):
     command_timeout_s: float = Field(60.0, gt=0)
 
 
+class GitHubDemoIssues(_Strict):
+    """A GitHub repository whose own issues become the PR writer's demonstrations (SERA's scrape_github.py), so the
+    synthetic PRs read like the issues its users actually file. Fetched once, then cached in the repository's store."""
+
+    github: str
+    """owner/name."""
+    api_url: HttpUrl | None = None
+    """Default: the platform's `github.api_url`, else https://api.github.com."""
+    token: SecretRef | None = None
+    """Default: the platform's `github.token`; without either, anonymous (public repositories, low rate limit)."""
+    state: Literal["closed", "open", "all"] = "closed"
+    labels: list[str] = []
+    """Only issues carrying all of these labels (e.g. [bug])."""
+    max_issues: int = Field(500, ge=1, le=5000)
+    min_chars: int = Field(100, ge=0)
+    max_chars: int = Field(10000, ge=1)
+    """Bounds on the cleaned body: stubs teach no style, and very long issues crowd the writer's context."""
+    refresh_days: float = Field(7.0, gt=0)
+    fallback: Literal["none", "packaged"] = "none"
+    """`packaged`: use the packaged pool when GitHub cannot be reached and nothing is cached (never for a wrong
+    repository, token or filter, which stay errors)."""
+
+    @field_validator("github")
+    @classmethod
+    def _full_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$", value):
+            raise ValueError("expected a GitHub repository as owner/name, e.g. psf/requests")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> GitHubDemoIssues:
+        if self.min_chars >= self.max_chars:
+            raise _FieldProblem("synth.demo_issues_from.max_chars",
+                                f"must be greater than min_chars ({self.max_chars} <= {self.min_chars})")
+        return self
+
+
 class SynthSettings(_Strict):
     """Judge and synthetic-PR writer calls (SERA: temperature 0.6, 4096 tokens, judge retried 3 times)."""
 
@@ -236,6 +273,15 @@ class SynthSettings(_Strict):
     observation_chars: int = Field(2000, ge=100)
     model_server: str | None = None
     """The judge's and writer's teacher when it is not the agent's (e.g. a stronger model judging a cheaper agent)."""
+    demo_issues_from: GitHubDemoIssues | None = None
+    """Demonstrations scraped from a GitHub repository instead of the packaged pool or a `demo_issues` file."""
+
+    @model_validator(mode="after")
+    def _one_demo_source(self) -> SynthSettings:
+        if self.demo_issues is not None and self.demo_issues_from is not None:
+            raise _FieldProblem("synth.demo_issues_from", "give either demo_issues (a JSON file) or demo_issues_from "
+                                                          "(a GitHub repository), not both")
+        return self
 
 
 class VerifySettings(_Strict):

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sera_ops import dataset, functions, history, image_sources, images, prompts, sources, synth
+from sera_ops import dataset, demo_issues, functions, history, image_sources, images, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.errors import PermanentError
 from sera_ops.rollouts import Rollout, redact, run_episode
@@ -435,7 +435,7 @@ def synthesize(ctx: RunContext, batch_id: str) -> dict:
     """The synthetic PR for every judged-good rollout one, in the style of a demonstration issue."""
     preflight(ctx.server_name, ctx.server, ctx.api_key())
     client = ctx.synth_client()
-    pool = synth.demo_pool(ctx.spec.synth)
+    pool = demo_issues.pool_for(ctx)
 
     def eligible(instance: functions.Instance) -> bool:
         result = _rollout_one_result(ctx, instance.instance_id)

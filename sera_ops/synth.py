@@ -32,6 +32,8 @@ class Synthesis:
     instance_id: str
     synth_pr: str | None
     demo_index: int
+    demo_id: str
+    """Which demonstration was imitated, e.g. `packaged[3]` or `owner/name#123`: stable when a pool is refreshed."""
     calls: int
 
     def to_dict(self) -> dict:
@@ -78,19 +80,33 @@ def judge_patch(client: TeacherClient, settings: SynthSettings, initial_prompt: 
     return Judgement(is_good_patch=False, answer=answer, calls=settings.judge_retries)
 
 
-def demo_pool(settings: SynthSettings) -> list[str]:
-    return prompts.load_demo_issues(Path(settings.demo_issues)) if settings.demo_issues else prompts.demo_issues()
+@dataclass(frozen=True)
+class DemoIssue:
+    """One demonstration (title line, blank line, body) with an id saying where it came from."""
+
+    id: str
+    text: str
+
+
+def demo_pool(settings: SynthSettings) -> list[DemoIssue]:
+    """The packaged pool or the `demo_issues` file; a GitHub source is `demo_issues.pool_for`'s (it needs the store)."""
+    if settings.demo_issues:
+        path = Path(settings.demo_issues)
+        return [DemoIssue(f"{path.name}[{index}]", text) for index, text in enumerate(prompts.load_demo_issues(path))]
+    return [DemoIssue(f"packaged[{index}]", text) for index, text in enumerate(prompts.demo_issues())]
 
 
 def write_synthetic_pr(client: TeacherClient, settings: SynthSettings, instance_id: str, steps: list[dict],
-                       patch: str, pool: list[str], seed: int) -> Synthesis:
+                       patch: str, pool: list[DemoIssue], seed: int) -> Synthesis:
     demo_index = pick(len(pool), seed, instance_id, "demo")
-    user = prompts.render_synth_pr(steps, patch, pool[demo_index])
+    demo = pool[demo_index]
+    user = prompts.render_synth_pr(steps, patch, demo.text)
     for attempt in range(settings.writer_retries):
         text = prompts.extract_output(client.chat(prompts.WRITER_SYSTEM, user, temperature=settings.temperature,
                                                   max_tokens=settings.max_tokens))
         if text and text.strip():
             return Synthesis(instance_id=instance_id, synth_pr=text.strip(), demo_index=demo_index,
-                             calls=attempt + 1)
+                             demo_id=demo.id, calls=attempt + 1)
     log.warning("instance %s: the writer gave no <output> in %d tries", instance_id, settings.writer_retries)
-    return Synthesis(instance_id=instance_id, synth_pr=None, demo_index=demo_index, calls=settings.writer_retries)
+    return Synthesis(instance_id=instance_id, synth_pr=None, demo_index=demo_index, demo_id=demo.id,
+                     calls=settings.writer_retries)

@@ -109,35 +109,31 @@ def test_a_silent_model_server_fails_its_batch_fast_naming_it(live):
     assert not list(run_dir(store, run_id).rglob("*.error.json"))  # no instance spent anything on it
 
 
-def test_a_lost_scheduler_is_replaced_and_the_run_completes(live):
+def test_a_lost_scheduler_is_replaced_and_runs_keep_their_queue_and_store(live):
+    """Two runs of the repository requested at once (max_active_runs=1: the second waits); the scheduler, with its
+    workers and their tasks, dies in the middle of the first run's rollouts and a new one is started."""
     stack, _, store = live
-    run_id = stack.api.trigger({"max_functions": 4})
-    instances = run_dir(store, run_id) / "instances"
-    stack.api.wait_for(lambda: stack.api.task_instance(run_id, ROLLOUT_ONE, 0).get("state") == "running"
+    first, second = stack.api.trigger({"max_functions": 4}), stack.api.trigger({"max_functions": 2})
+    instances = run_dir(store, first) / "instances"
+    stack.api.wait_for(lambda: stack.api.task_instance(first, ROLLOUT_ONE, 0).get("state") == "running"
                        and any(instances.glob("*/rollout1.json")), 300, "rollout one to be half done", 0.2)
+    assert stack.api.run(second)["state"] == "queued"
     assert stack.kill("scheduler") > 1  # the scheduler, its LocalExecutor workers and the running task
     stack.start("scheduler")
-    assert stack.api.finish(run_id, 300) == "success"
-
-    ti = stack.api.task_instance(run_id, ROLLOUT_ONE, 0)
-    assert ti["state"] == "success" and ti["try_number"] == 2, ti
-    assert re.search(r"'already_done': [1-9]", stack.log(run_id, ROLLOUT_ONE, 0, 2))
-    assert "orphaned TaskInstances" in (stack.work / "scheduler.log").read_text()
-    ended = accounted(store, run_id)
-    assert len(ended) == 4 and not [place for place in ended.values() if "error" in place], ended
-
-
-def test_two_runs_requested_at_once_queue_and_keep_to_their_own_store(live):
-    stack, _, store = live
-    first, second = (stack.api.trigger({"max_functions": 2}) for _ in range(2))
     assert [stack.api.finish(run_id, 300) for run_id in (first, second)] == ["success", "success"]
-    one, two = (stack.api.run(run_id) for run_id in (first, second))
-    assert when(two["start_date"]) >= when(one["end_date"]), (one, two)  # max_active_runs=1: queued meanwhile
 
-    for run, run_id in ((one, first), (two, second)):
+    ti = stack.api.task_instance(first, ROLLOUT_ONE, 0)
+    assert ti["state"] == "success" and ti["try_number"] == 2, ti  # reset by the new scheduler, then retried
+    assert re.search(r"'already_done': [1-9]", stack.log(first, ROLLOUT_ONE, 0, 2))  # ... skipping finished ones
+    assert "orphaned TaskInstances" in (stack.work / "scheduler.log").read_text()
+
+    one, two = (stack.api.run(run_id) for run_id in (first, second))
+    assert when(two["start_date"]) >= when(one["end_date"]), (one, two)
+    assert run_dir(store, first) != run_dir(store, second)
+    for run, run_id, sampled in ((one, first, 4), (two, second, 2)):
         directory = run_dir(store, run_id)
         assert json.loads((directory / "manifest.json").read_text())["run_id"] == run_id
         written = [path.stat().st_mtime for path in directory.rglob("*") if path.is_file()]
         assert when(run["start_date"]) <= min(written) and max(written) <= when(run["end_date"]), run_id
-        assert len(accounted(store, run_id)) == 2
-    assert run_dir(store, first) != run_dir(store, second)
+        ended = accounted(store, run_id)
+        assert len(ended) == sampled and not [place for place in ended.values() if "error" in place], ended

@@ -22,17 +22,30 @@ from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherCo
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.e2e
+REPO = "runstate"
 SMOKE_FAILURE = "smoke check failed: could not import tinyledger.ledger"
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> dict[str, Path]:
+    """One storage root and one repository (the bundled sample under its own name) for every run of this module: the
+    dataset Asset is keyed by name and URI, so a second store, or a second DAG for `tinyledger` (test_e2e's), would
+    leave `publish` an inactive Asset in the same metadata DB."""
+    root = tmp_path_factory.mktemp("run-state")
+    repos = root / "repos"
+    repos.mkdir()
+    (repos / f"{REPO}.yaml").write_text((ROOT / "config" / "repos" / "tinyledger.yaml").read_text())
+    return {"store": root / "store", "repos": repos}
+
+
 @pytest.fixture
-def platform_file(tmp_path, monkeypatch, airflow_db):
+def platform_file(tmp_path, monkeypatch, shared, airflow_db):
     """Write a dry-run platform (retries 2 with no delay, local sandbox, teacher calls not retried) for `teacher_url`
     and point the DAG folder at it; returns the platform file."""
 
     def write(teacher_url: str, repos_dir: Path | None = None) -> Path:
         path = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, teacher_url,
-                                storage_root=tmp_path / "store", repos_dir=repos_dir,
+                                storage_root=shared["store"], repos_dir=repos_dir or shared["repos"],
                                 overrides={"defaults": {"retries": 2, "retry_delay_s": 0},
                                            "images": {"sandbox": "local"}})
         data = yaml.safe_load(path.read_text())
@@ -52,16 +65,16 @@ def run_dag(dag_id: str, conf: dict | None = None):
 
 
 def store_of(platform_file: Path, dag_run) -> RunStore:
-    return RunStore(load_platform(platform_file).storage_root, "tinyledger", dag_run.run_id)
+    return RunStore(load_platform(platform_file).storage_root, REPO, dag_run.run_id)
 
 
 def test_a_run_without_a_usable_commit_fails_at_sampling_naming_each_commit(platform_file, monkeypatch, capfd):
     def failing_smoke_check(*_args, **_kwargs):
-        raise images.ImageBuildError(f"repo tinyledger: {SMOKE_FAILURE}\n--- output (tail) ---\n...", permanent=True)
+        raise images.ImageBuildError(f"repo {REPO}: {SMOKE_FAILURE}\n--- output (tail) ---\n...", permanent=True)
 
     monkeypatch.setattr(images, "local_sandbox", failing_smoke_check)
     platform = platform_file("http://127.0.0.1:9/v1")  # never called: nothing gets that far
-    dag_run, tis = run_dag("sera__tinyledger", {"commits": ["HEAD", "0000000bad"]})
+    dag_run, tis = run_dag(f"sera__{REPO}", {"commits": ["HEAD", "0000000bad"]})
     output = capfd.readouterr()
 
     assert str(dag_run.state) == "failed"
@@ -73,7 +86,7 @@ def test_a_run_without_a_usable_commit_fails_at_sampling_naming_each_commit(plat
     assert str(tis[("publish", -1)].state) == "upstream_failed"
     log = output.out + output.err
     assert "no usable commit" in log  # sample's error lists every commit with its first line of reason
-    assert re.search(rf"commit [0-9a-f]{{12}}: build_image: ImageBuildError: repo tinyledger: {SMOKE_FAILURE}", log)
+    assert re.search(rf"commit [0-9a-f]{{12}}: build_image: ImageBuildError: repo {REPO}: {SMOKE_FAILURE}", log)
     assert "commit 0000000bad: build_image: SourceError: commit '0000000bad' not found" in log
     recorded = json.loads(store_of(platform, dag_run).path("images", "0000000bad.error.json").read_text())
     assert recorded["stage"] == "build_image" and "not found" in recorded["error"]
@@ -93,7 +106,7 @@ def test_a_config_error_fails_its_task_after_one_try(platform_file, tmp_path):
 def test_a_teacher_outage_is_retried_and_the_run_fails_at_assemble_naming_the_error(platform_file):
     with ScriptedTeacher(ScriptedTeacherConfig(error_rate=1.0)) as broken:
         platform = platform_file(broken.url)
-        dag_run, tis = run_dag("sera__tinyledger", {"max_functions": 4})
+        dag_run, tis = run_dag(f"sera__{REPO}", {"max_functions": 4})
 
     assert str(dag_run.state) == "failed"
     rollout = tis[("per_batch.rollout_one", 0)]
@@ -120,7 +133,7 @@ def test_failed_instances_beside_records_are_counted_and_the_run_succeeds(platfo
     monkeypatch.setattr(pipeline, "run_episode", first_call_fails)
     with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
         platform = platform_file(teacher.url)
-        dag_run, _ = run_dag("sera__tinyledger", {"max_functions": 4})
+        dag_run, _ = run_dag(f"sera__{REPO}", {"max_functions": 4})
 
     assert str(dag_run.state) == "success"
     stats = json.loads((store_of(platform, dag_run).dataset_dir / "stats.json").read_text())

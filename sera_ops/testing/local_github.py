@@ -1,13 +1,15 @@
-"""A local GitHub double: the slice of GitHub's REST API that repository mirroring uses, plus git smart-HTTP.
+"""A local GitHub double: the slice of GitHub's REST API that mirroring and issue scraping use, plus git smart-HTTP.
 
 It exists because nothing GitHub-like can be installed here (no gitea or forgejo packages, and the npm simulators
 return canned examples without git transport), and mirroring must still be tested against a real client (PyGithub)
-and real `git push`. It is not GitHub: it serves only the routes the mirror flow calls, keeps repositories as bare git
-repositories under `<root>/<org>/<name>.git`, knows one token and the organisations it was started with, and
-rejects names GitHub would silently rewrite. Where it does answer, it answers the way GitHub does: the same status
-codes, error bodies and headers, token auth on REST (`token` or `Bearer`), Basic auth with the token as password on
-git, anonymous reads allowed only for public repositories, and Actions enabled on new repositories. Git transport is
-git's own `git-http-backend`, run as CGI, so pushes and clones behave exactly as against a real git server.
+and real `git push`. It is not GitHub: it serves only the routes the mirror flow and the demonstration-issue scraper
+call, keeps repositories as bare git repositories under `<root>/<org>/<name>.git`, knows one token and the
+organisations it was started with, and rejects names GitHub would silently rewrite. Issues are seeded (`seed_issues`,
+`--issues FILE`) for any owner/name and listed as GitHub lists them: pull requests included, paginated with `Link`
+headers. Where it does answer, it answers the way GitHub does: the same status codes, error bodies and headers, token
+auth on REST (`token` or `Bearer`), Basic auth with the token as password on git, anonymous reads allowed only for
+public repositories, and Actions enabled on new repositories. Git transport is git's own `git-http-backend`, run as
+CGI, so pushes and clones behave exactly as against a real git server.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 from sera_ops.testing.loopback import LoopbackHTTPServer, LoopbackServer
 
@@ -44,6 +46,10 @@ DOCS_URL = "https://docs.github.com/rest"
 _GIT_PATH = re.compile(r"^/(?P<org>[^/]+)/(?P<name>[^/]+)\.git(?P<rest>/.*)$")
 _REPO_PATH = re.compile(r"^/repos/(?P<org>[^/]+)/(?P<name>[^/]+?)(?P<rest>/actions/permissions)?/?$")
 _ORG_PATH = re.compile(r"^/orgs/(?P<org>[^/]+)(?P<rest>/repos)?/?$")
+_ISSUES_PATH = re.compile(r"^/repos/(?P<owner>[^/]+)/(?P<name>[^/]+)/issues/?$")
+FULL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$")
+ISSUE_STATES = ("open", "closed", "all")
+MAX_PER_PAGE = 100
 _PUSH_SERVICE = "git-receive-pack"
 
 
@@ -98,12 +104,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_json(HTTPStatus.BAD_REQUEST, {"message": "Problems parsing request body"})
             return
-        path = urlsplit(self.path).path
+        path, query = urlsplit(self.path)[2:4]
         git_match = _GIT_PATH.match(path)
         if git_match:
             self._serve_git(git_match["org"], git_match["name"], git_match["rest"], body)
         else:
-            self._serve_rest(path, body)
+            self._serve_rest(path, query, body)
 
     def _read_body(self) -> bytes:
         """The request body, de-chunked: git sends large packs with `Transfer-Encoding: chunked`."""
@@ -121,11 +127,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # REST ------------------------------------------------------------------------------------------------------------
 
-    def _serve_rest(self, path: str, body: bytes) -> None:
+    def _serve_rest(self, path: str, query: str, body: bytes) -> None:
         github = self.server.double
         if not github.token_matches(_rest_token(self.headers.get("Authorization", ""))):
             self._send_json(HTTPStatus.UNAUTHORIZED, {"message": "Bad credentials", "documentation_url": DOCS_URL,
                                                       "status": "401"})
+            return
+        issues_match = _ISSUES_PATH.match(path)
+        if issues_match and self.command == "GET":
+            self._send_json(*github.list_issues(unquote(issues_match["owner"]), unquote(issues_match["name"]),
+                                                parse_qs(query)))
             return
         try:
             payload = json.loads(body) if body else {}
@@ -135,9 +146,11 @@ class _Handler(BaseHTTPRequestHandler):
         status, answer = github.answer_rest(self.command, path, payload if isinstance(payload, dict) else {})
         self._send_json(status, answer)
 
-    def _send_json(self, status: HTTPStatus, payload: Any) -> None:
+    def _send_json(self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = b"" if payload is None else json.dumps(payload).encode()
         self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if payload is not None:
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -245,6 +258,13 @@ def _unprocessable(message: str, field: str = "name", resource: str = "Repositor
         "documentation_url": DOCS_URL, "status": "422"}
 
 
+def _int_param(query: dict[str, list[str]], key: str, default: int) -> int:
+    try:
+        return int(query[key][-1])
+    except (KeyError, ValueError):
+        return default
+
+
 def _timestamp(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
@@ -268,6 +288,7 @@ class LocalGitHub(LoopbackServer):
         self._token = token
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._issues: dict[str, list[dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"LocalGitHub(root={str(self.root)!r}, organisations={self.organisations!r})"
@@ -301,6 +322,71 @@ class LocalGitHub(LoopbackServer):
             return json.loads((self.repo_path(org, name) / METADATA_FILE).read_text())
         except FileNotFoundError:
             return None
+
+    def seed_issues(self, full_name: str, issues: Iterable[dict[str, Any]]) -> None:
+        """Add issues (and pull requests: items with a `pull_request` key) to `owner/name`, which need not be hosted.
+
+        Each item is a GitHub issue object; `title` is required, `number` defaults to the next free one, `state` to
+        open, and `labels` may be names. The rest (urls, ids, user) is filled in when the issues are listed.
+        """
+        if not FULL_NAME_PATTERN.match(full_name):
+            raise ValueError(f"{full_name!r} is not a GitHub repository name (owner/name)")
+        with self._lock:
+            stored = self._issues.setdefault(full_name, [])
+            for issue in issues:
+                if not isinstance(issue, dict) or not isinstance(issue.get("title"), str) \
+                        or not isinstance(issue.get("number", 0), int):
+                    raise ValueError(f"an issue of {full_name} needs a 'title' (and an integer 'number' if given): "
+                                     f"{issue!r}")
+                number = issue.get("number", max((known["number"] for known in stored), default=0) + 1)
+                if any(known["number"] == number for known in stored):
+                    raise ValueError(f"{full_name} already has an issue #{number}")
+                labels = [label if isinstance(label, dict) else {"name": label} for label in issue.get("labels", [])]
+                stored.append({"state": "open", **issue, "number": number, "labels": labels})
+
+    def list_issues(self, owner: str, name: str, query: dict[str, list[str]]
+                    ) -> tuple[HTTPStatus, Any, dict[str, str]]:
+        """GET /repos/{owner}/{name}/issues: `state` (open), `labels` (all of them), `direction` (desc; the order
+        is by number, i.e. creation), `per_page` (30, at most 100) and `page`, with GitHub's `Link` header."""
+        full_name = f"{owner}/{name}"
+        with self._lock:
+            seeded = list(self._issues.get(full_name, []))
+        if not seeded and self.repository_metadata(owner, name) is None:
+            return (*_not_found(), {})
+        state = query.get("state", ["open"])[-1]
+        if state not in ISSUE_STATES:
+            return (*_unprocessable(f"state must be one of {', '.join(ISSUE_STATES)}", field="state",
+                                    resource="Issue"), {})
+        wanted = {label for value in query.get("labels", []) for label in value.split(",") if label}
+        chosen = [issue for issue in seeded if state in ("all", issue["state"])
+                  and wanted <= {label["name"] for label in issue["labels"]}]
+        chosen.sort(key=lambda issue: issue["number"], reverse=query.get("direction", ["desc"])[-1] != "asc")
+        per_page = min(max(_int_param(query, "per_page", 30), 1), MAX_PER_PAGE)
+        page = max(_int_param(query, "page", 1), 1)
+        last = max(-(-len(chosen) // per_page), 1)
+        body = [self._issue_json(full_name, issue) for issue in chosen[(page - 1) * per_page:page * per_page]]
+        return HTTPStatus.OK, body, self._link_header(f"/repos/{full_name}/issues", query, page, last)
+
+    def _issue_json(self, full_name: str, issue: dict[str, Any]) -> dict[str, Any]:
+        number = issue["number"]
+        api, html = f"{self.url}/repos/{full_name}/issues/{number}", f"{self.url}/{full_name}/issues/{number}"
+        return {"id": zlib.crc32(f"{full_name}#{number}".encode()), "node_id": f"I_{full_name}#{number}",
+                "url": api, "html_url": html, "comments_url": f"{api}/comments", "body": None, "comments": 0,
+                "user": {"login": "octocat", "id": 1, "type": "User"}, "locked": False, "assignees": [],
+                "created_at": _timestamp(number * 3600), "updated_at": _timestamp(number * 3600),
+                "closed_at": _timestamp(number * 3600) if issue["state"] == "closed" else None,
+                **issue, "labels": [{"id": zlib.crc32(label["name"].encode()), "color": "ededed", **label}
+                                    for label in issue["labels"]]}
+
+    def _link_header(self, path: str, query: dict[str, list[str]], page: int, last: int) -> dict[str, str]:
+        """GitHub's pagination links (next and last, prev and first), which PyGithub's PaginatedList follows."""
+        def link(number: int, rel: str) -> str:
+            params = {key: values[-1] for key, values in query.items()} | {"page": str(number)}
+            return f'<{self.url}{path}?{urlencode(params)}>; rel="{rel}"'
+
+        links = ([link(page + 1, "next"), link(last, "last")] if page < last else []) + \
+            ([link(page - 1, "prev"), link(1, "first")] if page > 1 else [])
+        return {"Link": ", ".join(links)} if links else {}
 
     def answer_rest(self, method: str, path: str, payload: dict[str, Any]) -> tuple[HTTPStatus, Any]:
         """Status and JSON body for one authenticated REST request."""
@@ -423,13 +509,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=18766)
     parser.add_argument("--token-env", metavar="VAR", required=True,
                         help="environment variable holding the token clients must present")
+    parser.add_argument("--issues", metavar="FILE", type=Path, action="append", default=[],
+                        help='issues to serve: a JSON object {"owner/name": [issue, ...]} (repeatable)')
     args = parser.parse_args(argv)
     token = os.environ.get(args.token_env)
     if not token:
         parser.error(f"environment variable {args.token_env} is empty or not set")
     try:
         github = LocalGitHub(args.root, args.org, token, host=args.host, port=args.port)
-    except ValueError as error:
+        for issues_file in args.issues:
+            seeded = json.loads(issues_file.read_text(encoding="utf-8"))
+            if not isinstance(seeded, dict):
+                raise ValueError(f"{issues_file}: expected a JSON object mapping owner/name to a list of issues")
+            for full_name, issues in seeded.items():
+                github.seed_issues(full_name, issues)
+    except (OSError, ValueError) as error:
         parser.error(str(error))
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
