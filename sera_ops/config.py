@@ -271,6 +271,8 @@ class SynthSettings(_Strict):
     writer_retries: int = Field(3, ge=1, le=10)
     demo_issues: Path | None = None
     observation_chars: int = Field(2000, ge=100)
+    reveal_location: bool = False
+    """Ask the writer to name the function and file (an experiment; SERA's PRs leave the agent to find the code)."""
     model_server: str | None = None
     """The judge's and writer's teacher when it is not the agent's (e.g. a stronger model judging a cheaper agent)."""
     demo_issues_from: GitHubDemoIssues | None = None

@@ -400,7 +400,8 @@ def rollout_one(ctx: RunContext, batch_id: str) -> dict:
     def work(instance: functions.Instance) -> None:
         attempts = []
         for attempt in range(settings.max_attempts):
-            template = synth.pick(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template", attempt)
+            template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
+                                           attempt=attempt)
             task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
             traj_path = ctx.store.instance_file(instance.instance_id, f"rollout1.a{attempt}.traj.json")
             rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,

@@ -65,6 +65,14 @@ def pick(pool_size: int, seed: int, *key: object) -> int:
     return random.Random(":".join(str(part) for part in (seed, *key))).randrange(pool_size)
 
 
+def pick_distinct(pool_size: int, seed: int, *key: object, attempt: int) -> int:
+    """The `attempt`-th pick of a reproducible order without repeats: each retry gets a choice not tried before
+    (until the pool is used up)."""
+    order = list(range(pool_size))
+    random.Random(":".join(str(part) for part in (seed, *key))).shuffle(order)
+    return order[attempt % pool_size]
+
+
 def judge_patch(client: TeacherClient, settings: SynthSettings, initial_prompt: str, steps: list[dict],
                 patch: str) -> Judgement:
     """Ask for yes/no in <output> tags; when the answer has no tags, retry with another quarter of the oldest steps
@@ -100,7 +108,7 @@ def write_synthetic_pr(client: TeacherClient, settings: SynthSettings, instance_
                        patch: str, pool: list[DemoIssue], seed: int) -> Synthesis:
     demo_index = pick(len(pool), seed, instance_id, "demo")
     demo = pool[demo_index]
-    user = prompts.render_synth_pr(steps, patch, demo.text)
+    user = prompts.render_synth_pr(steps, patch, demo.text, settings.reveal_location)
     for attempt in range(settings.writer_retries):
         text = prompts.extract_output(client.chat(prompts.WRITER_SYSTEM, user, temperature=settings.temperature,
                                                   max_tokens=settings.max_tokens))

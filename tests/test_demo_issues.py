@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from sera_ops import demo_issues, pipeline
-from sera_ops.config import GitHubDemoIssues, MirrorSettings, SecretRef
+from sera_ops.config import (
+    BatchSettings,
+    ConfigError,
+    GitHubDemoIssues,
+    MirrorSettings,
+    SecretRef,
+    load_platform,
+    load_repo,
+)
 from sera_ops.demo_issues import DemoIssuesError, cached_pool, clean_body, endpoint, fetch
 from sera_ops.errors import is_permanent
 from sera_ops.store import read_json
@@ -93,6 +101,26 @@ def test_max_issues_stops_listing_early_and_labels_filter_on_the_server(github):
     assert "labels=bug" in issue_pages(github)[-1]
 
 
+@pytest.mark.parametrize(("synth", "field", "hint"), [
+    ("{demo_issues_from: {github: not-a-repo}}", "synth.demo_issues_from.github", "owner/name"),
+    ("{demo_issues_from: {github: a/b, min_chars: 900, max_chars: 800}}", "synth.demo_issues_from.max_chars",
+     "greater than min_chars"),
+    ("{demo_issues: pool.json, demo_issues_from: {github: a/b}}", "synth.demo_issues_from", "not both"),
+    ("{demo_issues_from: {github: a/b, fallback: packed}}", "synth.demo_issues_from.fallback", "'packaged'"),
+    ("{demo_issues_from: {github: a/b, token: {}}}", "synth.demo_issues_from.token", "connection"),
+    ("{demo_issues_from: {github: a/b, state: merged}}", "synth.demo_issues_from.state", "'closed'"),
+])
+def test_settings_errors_name_file_and_field(tmp_path, synth, field, hint):
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "platform.yaml").write_text("storage_root: store\ndefaults: {model_server: t}\n"
+                                            "model_servers: {t: {base_url: 'http://127.0.0.1:9/v1', model: m}}\n")
+    repo_file = tmp_path / "repos" / "demo.yaml"
+    repo_file.write_text(f"source: bundled:tinyledger\nsynth: {synth}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_repo(repo_file, load_platform(tmp_path / "platform.yaml"))
+    assert (caught.value.file, caught.value.field) == (str(repo_file), field) and hint in caught.value.problem
+
+
 def test_clean_body_drops_template_leftovers():
     assert clean_body(None) == clean_body("<!-- only the template -->\r\n### What\r\n\r\n_No response_\r\n") == ""
     assert clean_body("### A\n\n_No response_\n\n### B\ntext\n\n\n\nmore  ") == "### B\ntext\n\nmore"
@@ -165,8 +193,9 @@ def test_endpoint_sends_the_platform_token_only_to_the_platform_api(monkeypatch)
     assert is_permanent(caught.value)
 
 
-def context_with(tmp_path: Path, teacher_url: str, demo_source: GitHubDemoIssues) -> pipeline.RunContext:
-    ctx = make_context(tmp_path, teacher_url)
+def context_with(tmp_path: Path, teacher_url: str, demo_source: GitHubDemoIssues, **repo_overrides
+                 ) -> pipeline.RunContext:
+    ctx = make_context(tmp_path, teacher_url, **repo_overrides)
     ctx.spec = ctx.spec.model_copy(update={"synth": ctx.spec.synth.model_copy(
         update={"demo_issues_from": demo_source})})
     return ctx
@@ -175,8 +204,10 @@ def context_with(tmp_path: Path, teacher_url: str, demo_source: GitHubDemoIssues
 def test_synthesize_imitates_a_scraped_issue(github, tmp_path, monkeypatch):
     monkeypatch.setenv("SERA_TEST_DEMO_GH", TOKEN)
     with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
-        ctx = context_with(tmp_path, teacher.url, source(api_url=github.url, token={"env": "SERA_TEST_DEMO_GH"}))
+        ctx = context_with(tmp_path, teacher.url, source(api_url=github.url, token={"env": "SERA_TEST_DEMO_GH"}),
+                           batching=BatchSettings(batch_size=2))
         batches = prepare(ctx)
+        assert len(batches) == 2
         for batch in batches:
             pipeline.rollout_one(ctx, batch)
             assert pipeline.synthesize(ctx, batch)["ran"] > 0
@@ -186,7 +217,8 @@ def test_synthesize_imitates_a_scraped_issue(github, tmp_path, monkeypatch):
     assert len(issue_pages(github)) == 1  # one listing for all batches: the rest came from the store's cache
     cache = ctx.store.repo_dir / "cache" / "demo_issues.json"
     assert TOKEN not in cache.read_text()
-    assert not [path for path in ctx.store.repo_dir.rglob("*") if path.is_file() and TOKEN in path.read_text()]
+    assert not [path for path in ctx.store.repo_dir.rglob("*") if path.is_file() and TOKEN.encode() in
+                path.read_bytes()]
 
 
 def test_packaged_fallback_only_when_configured_and_only_for_outages(tmp_path, github):

@@ -254,3 +254,12 @@ def test_format_error_template_explains_both_call_formats():
     assert "```mswea_bash_command" in text and "bash tool" in text
     assert "cut off" not in text
     assert "cut off" in template.render(error="x", finish_reason="length", actions=[])
+
+
+def test_retries_get_a_template_not_tried_before_and_the_order_is_reproducible():
+    from sera_ops.synth import pick_distinct
+
+    picks = [pick_distinct(prompts.ROLLOUT_ONE_COUNT, 7, "inst-1", "template", attempt=a) for a in range(10)]
+    assert len(set(picks)) == 10
+    assert picks == [pick_distinct(prompts.ROLLOUT_ONE_COUNT, 7, "inst-1", "template", attempt=a) for a in range(10)]
+    assert picks != [pick_distinct(prompts.ROLLOUT_ONE_COUNT, 8, "inst-1", "template", attempt=a) for a in range(10)]

@@ -232,8 +232,8 @@ def test_rollout_one_changes_what_the_start_function_does(repo: Path, start_fn: 
     assert [m["role"] for m in messages[:4]] == ["system", "user", "assistant", observation_role]
 
 
-def synthetic_pr(teacher: ScriptedTeacher, messages: list[dict], patch: str) -> str:
-    prompt = render_synth_pr(agent_steps(messages), patch, DEMO_ISSUE)
+def synthetic_pr(teacher: ScriptedTeacher, messages: list[dict], patch: str, reveal_location: bool = False) -> str:
+    prompt = render_synth_pr(agent_steps(messages), patch, DEMO_ISSUE, reveal_location)
     reply = client(teacher).chat.completions.create(
         model="scripted-teacher", messages=[{"role": "system", "content": WRITER_SYSTEM},
                                             {"role": "user", "content": prompt}])
@@ -248,13 +248,18 @@ def test_rollout_two_reproduces_rollout_one_by_mode(repo: Path, start_fn: str, m
     with ScriptedTeacher() as teacher:
         _, messages, patch_one = run_episode(teacher.url, repo, render_rollout_one(7, start_fn, MODULE))
         pr = synthetic_pr(teacher, messages, patch_one)
-    assert f"`{start_fn}` in `{MODULE}`" in pr and SYMPTOMS[start_fn] in pr
+        located = synthetic_pr(teacher, messages, patch_one, reveal_location=True)
+    # As in SERA, the PR describes the symptom and leaves the agent to find the file (synth.reveal_location: false).
+    assert f"`{start_fn}`" in pr and MODULE not in pr and SYMPTOMS[start_fn] in pr
+    assert f"`{start_fn}` in `{MODULE}`" in located
     assert pr.splitlines()[2] == "### Description"  # echoes the demonstration's heading level
     git(repo, "checkout", "-q", "--", ".")
 
     with ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes={mode: 1.0})) as teacher:
-        info, _, patch_two = run_episode(teacher.url, repo, pr)
+        info, messages_two, patch_two = run_episode(teacher.url, repo, pr)
     assert info["exit_status"] == "Submitted"
+    first_command = next(m for m in messages_two if m["role"] == "assistant")
+    assert "grep -rnE" in json.dumps(first_command)  # rollout two searched the repository for the code
     recall = line_recall(patch_one, patch_two)
     if mode == "full":
         assert changed_lines(patch_two) == changed_lines(patch_one) and recall == 1.0

@@ -127,10 +127,14 @@ def render_judge(initial_prompt: str, agent_steps: list[dict[str, Any]], patch: 
     )
 
 
-def render_synth_pr(agent_steps: list[dict[str, Any]], patch: str, demonstration_issue: str) -> str:
-    """User prompt asking for an issue text, in the demonstration's style, that describes the bug the patch fixes."""
+def render_synth_pr(agent_steps: list[dict[str, Any]], patch: str, demonstration_issue: str,
+                    reveal_location: bool = False) -> str:
+    """User prompt asking for an issue text, in the demonstration's style, that describes the bug the patch fixes.
+    As in SERA, the report does not say where the code is unless `reveal_location` asks for it: finding it is what
+    rollout two teaches."""
     return _template(_read_text("synth_pr.j2")).render(
-        agent_steps=_steps_for_prompt(agent_steps), patch=patch, demonstration_issue=demonstration_issue
+        agent_steps=_steps_for_prompt(agent_steps), patch=patch, demonstration_issue=demonstration_issue,
+        reveal_location=reveal_location,
     )
 
 

@@ -164,8 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
         if status == HTTPStatus.CREATED and isinstance(payload, dict) and "url" in payload:
             self.send_header("Location", payload["url"])
         self.end_headers()
+        self.server.double.record(self.command, self.path, status)  # before the client can read the answer
         self.wfile.write(data)
-        self.server.double.record(self.command, self.path, status)
 
     # git smart-HTTP --------------------------------------------------------------------------------------------------
 
@@ -216,8 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
+        self.server.double.record(self.command, self.path, status)  # before the client can read the answer
         self.wfile.write(content)
-        self.server.double.record(self.command, self.path, status)
 
     def _send_plain(self, status: HTTPStatus, text: str, headers: dict[str, str] | None = None) -> None:
         data = text.encode()
@@ -227,8 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        self.server.double.record(self.command, self.path, status)  # before the client can read the answer
         self.wfile.write(data)
-        self.server.double.record(self.command, self.path, status)
 
 
 def _rest_token(authorization: str) -> str | None:

@@ -55,6 +55,9 @@ LOCATE_NOTE = re.compile(r"# locate ([A-Za-z_][\w.]*) in (\S+?\.py)(?![\w/.])")
 _TEXT_ACTION = re.compile(r"```mswea_bash_command\s*\n(.*?)\n```", re.DOTALL)
 _PR_DESCRIPTION = re.compile(r"<pr_description>(.*?)</pr_description>", re.DOTALL)
 _PR_TARGET = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)` in `([^`\s]+\.py)`")
+_PR_FUNCTION = re.compile(r"Calling `([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)`")
+_SEARCH_NOTE = "# search the repository for "
+_SEARCH_HIT = re.compile(r"^(?:\./)?([^:\s]+\.py):(\d+):(\s*)")
 _LISTING_HEADER = re.compile(r"FUNCTION (\d+) (\d+)")
 _SHOW_NOTE = "# print the source of "
 _EDIT_NOTE = "# rewrite "
@@ -184,11 +187,12 @@ def _target(task: str, config: ScriptedTeacherConfig) -> _Target | None:
         return _Target(start_fn, path, "full", report, pick)
     wrapped = _PR_DESCRIPTION.search(task)
     pr_text = wrapped.group(1) if wrapped else task
-    named = _PR_TARGET.search(pr_text)
+    named = _PR_TARGET.search(pr_text) or _PR_FUNCTION.search(pr_text)
     if named is None:
         return None
     kind = next((kind for kind, marker in _SYMPTOM_MARKERS.items() if marker in pr_text), None)
-    return _Target(named.group(1), named.group(2), rollout_two_mode(config, pr_text), kind=kind)
+    path = named.group(2) if named.re is _PR_TARGET else ""  # "": the PR does not say where; search for it
+    return _Target(named.group(1), path, rollout_two_mode(config, pr_text), kind=kind)
 
 
 def _report_index(task: str, start_fn: str, path: str) -> int:
@@ -290,6 +294,16 @@ def _listing(output: str) -> tuple[int, list[str]] | None:
     return None
 
 
+_AST_LOCK = threading.Lock()
+
+
+def _parse(source: str) -> ast.Module:
+    """`ast.parse` under a lock: this server answers on many threads, and CPython 3.11's AST constructor is not
+    thread-safe (gh-106905: "AST constructor recursion depth mismatch")."""
+    with _AST_LOCK:
+        return ast.parse(source)
+
+
 def _leading_space(line: str) -> str:
     return line[:len(line) - len(line.lstrip(" \t"))]
 
@@ -315,7 +329,7 @@ class _Function:
         indent = _leading_space(lines[0]) if lines else ""
         relative = [line[len(indent):] if line.startswith(indent) else line for line in lines]
         try:
-            module = ast.parse("\n".join(relative))
+            module = _parse("\n".join(relative))
         except SyntaxError:
             return None
         if not module.body or not isinstance(module.body[0], ast.FunctionDef | ast.AsyncFunctionDef):
@@ -372,7 +386,7 @@ class _Function:
         kept = [relative[edit.offset]] if edit.keep else []
         relative[edit.offset:edit.offset + 1] = kept + [line[len(self.indent):] for line in edit.new_lines]
         try:
-            return ast.dump(ast.parse("\n".join(relative))) != self.dump
+            return ast.dump(_parse("\n".join(relative))) != self.dump
         except SyntaxError:
             return False
 
@@ -548,6 +562,25 @@ def _locate_command(target: _Target) -> str:
     return f"grep -nE '{pattern}' {shlex.quote(target.path)}  # locate {target.start_fn} in {target.path}"
 
 
+def _search_command(target: _Target) -> str:
+    name = target.start_fn.rsplit(".", 1)[-1]
+    pattern = f"^[[:space:]]*(async[[:space:]]+)?def[[:space:]]+{name}\\b"
+    return f"grep -rnE --include='*.py' '{pattern}' .  {_SEARCH_NOTE}{target.start_fn}"
+
+
+def _searched_path(target: _Target, turn: _Turn) -> str | None:
+    """The file a search found the target in: library code before tests; a method (dotted name) indented, a
+    module-level function not."""
+    hits = [match for match in map(_SEARCH_HIT.match, turn.output.splitlines()) if match]
+    method = "." in target.start_fn
+
+    def rank(match: re.Match) -> tuple[bool, bool, str]:
+        path, indented = match.group(1), bool(match.group(3))
+        return ("test" in path.rsplit("/", 1)[-1] or "/tests/" in f"/{path}", indented != method, path)
+
+    return min(hits, key=rank).group(1) if hits else None
+
+
 def _show_command(target: _Target) -> str:
     note = f"{_SHOW_NOTE}{target.start_fn} in {target.path}"
     return _heredoc(note, {"path": target.path, "wanted": target.start_fn}, _SHOW_BODY)
@@ -580,6 +613,15 @@ def _next_action(target: _Target | None, turns: list[_Turn]) -> tuple[str, str]:
         if turns:
             return submit
         return "The task names no function I can find, so I will look at the repository layout.", _EXPLORE
+    if not target.path:
+        if not turns:
+            return (f"The report is about `{target.start_fn}` but does not say where it lives; I will search the "
+                    "repository for its definition.", _search_command(target))
+        found = _searched_path(target, turns[0])
+        if found is None:
+            return ("The search found no definition; I will look at the repository layout.", _EXPLORE) \
+                if len(turns) == 1 else submit
+        target, turns = replace(target, path=found), turns[1:]
     if not turns:
         return (f"The report points at `{target.start_fn}` in `{target.path}`; I will find where it is defined.",
                 _locate_command(target))
@@ -609,20 +651,22 @@ _INITIAL_PROMPT = re.compile(r"<initial_prompt>(.*?)</initial_prompt>", re.DOTAL
 _HUNK_HEADER = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 _LAYOUT = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 _SYMPTOMS = {
-    "compare": "Calling `{fn}` in `{path}` treats inputs on one side of the check it makes like those on the other "
+    "compare": "Calling `{fn}`{where} treats inputs on one side of the check it makes like those on the other "
                "side, as if a comparison were the wrong way round.",
-    "constant": "Calling `{fn}` in `{path}` is off by one: what it produces is always one step away from what I "
+    "constant": "Calling `{fn}`{where} is off by one: what it produces is always one step away from what I "
                 "expect.",
-    "negate": "Calling `{fn}` in `{path}` takes the wrong branch: the case it should treat specially goes down the "
+    "negate": "Calling `{fn}`{where} takes the wrong branch: the case it should treat specially goes down the "
               "ordinary path, and the ordinary case gets the special treatment.",
-    "guard": "Calling `{fn}` in `{path}` with `{subject}` set to None does not fail up front: it carries on and breaks "
+    "guard": "Calling `{fn}`{where} with `{subject}` set to None does not fail up front: it carries on and breaks "
              "later with a confusing error far from the call. I expected a ValueError saying that `{subject}` must "
              "not be None.",
 }
 """What a user of the function sees before each kind of fix, as the synthetic PR reports it."""
+_REVEAL_LOCATION = "the file it lives in"
+"""Words of the writer prompt's guideline that asks for the location (synth.reveal_location)."""
 _SYMPTOM_MARKERS = {kind: max(re.split(r"\{\w+\}", text), key=len) for kind, text in _SYMPTOMS.items()}
 """The longest fixed piece of each symptom: how rollout two tells from the PR which fix it asks for."""
-_VAGUE_SYMPTOM = ("Calling `{fn}` in `{path}` gives unexpected results. The value it hands back does not match what "
+_VAGUE_SYMPTOM = ("Calling `{fn}`{where} gives unexpected results. The value it hands back does not match what "
                   "its callers expect, so code built on top of it misbehaves.")
 
 
@@ -700,7 +744,8 @@ def _writer_reply(prompt: str) -> str:
     lines = [f"Wrong behaviour of `{start_fn}`", ""]
     if heading:
         lines += [f"{heading.group(1)} Description", ""]
-    lines.append(_SYMPTOMS.get(kind, _VAGUE_SYMPTOM).format(fn=start_fn, path=path, subject=subject))
+    where = f" in `{path}`" if _REVEAL_LOCATION in prompt else ""  # SERA's PRs leave the agent to find the code
+    lines.append(_SYMPTOMS.get(kind, _VAGUE_SYMPTOM).format(fn=start_fn, where=where, subject=subject))
     return "<output>\n" + "\n".join(lines) + "\n</output>"
 
 
