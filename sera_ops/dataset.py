@@ -1,8 +1,9 @@
 """From per-instance results to the published dataset: t1.jsonl, t2.jsonl, stats.json, and a pointer to the latest.
 
 t1 holds rollout-one trajectories the judge accepted, t2 rollout-two trajectories whose patch reached the recall
-threshold. A rollout-one patch seen before (same text) is dropped with its rollout two (the first instance id wins,
-as SERA deduplicated before stage two). Records are ordered by instance id, so a re-run writes identical files.
+threshold. A rollout-one patch that another instance already made was collapsed before synthesize (its
+`duplicate.json` names the owner, as SERA deduplicated before stage two) and appears in neither. Records are
+ordered by instance id, so a re-run writes identical files.
 An instance that was due a stage (rollout one always, the PR when judged good, rollout two when it got a PR) but has
 no output from it failed there; stats.json counts those per stage with the most common errors.
 """
@@ -37,7 +38,6 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
     instances = sorted(store.read_json(store.path("instances.json"), []), key=lambda r: r["instance_id"])
     counts: Counter[str] = Counter()
     tokens: Counter[str] = Counter()
-    seen_patches: set[str] = set()
     failures: list[tuple[str, str]] = []
     t1, t2, recalls = [], [], []
     for record in instances:
@@ -59,10 +59,9 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         if not one["is_good_patch"]:
             continue
         counts["judged_good"] += 1
-        if final.patch in seen_patches:
+        if store.instance_file(iid, "duplicate.json").exists():
             counts["duplicate_patches"] += 1
             continue
-        seen_patches.add(final.patch)
         if rec := trajectory_to_record(read_json(store.instance_file(iid, final.trajectory_file)), iid, options):
             t1.append({**rec, "changed_lines": len(changed_lines(final.patch))})
         synthesis = store.read_json(store.instance_file(iid, "synth.json"))

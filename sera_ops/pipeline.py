@@ -23,7 +23,7 @@ from sera_ops import dataset, demo_issues, functions, history, image_sources, im
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.errors import PermanentError
 from sera_ops.rollouts import Rollout, redact, run_episode
-from sera_ops.store import RunStore, read_json
+from sera_ops.store import RunStore, claim, read_json
 from sera_ops.teachers import TeacherClient, preflight
 from sera_ops.verify import verify
 
@@ -432,15 +432,28 @@ def _rollout_one_result(ctx: RunContext, instance_id: str) -> dict | None:
     return ctx.store.read_json(ctx.store.instance_file(instance_id, "rollout1.json"))
 
 
+def _is_duplicate(ctx: RunContext, instance_id: str, rollout_one: dict) -> bool:
+    """Whether another instance of the run already owns this rollout-one patch (same changed lines of the same files):
+    then no teacher call is spent on it, and `duplicate.json` says whose it is. The first to claim a patch owns it."""
+    fingerprint = synth.patch_fingerprint(Rollout.from_dict(rollout_one["final"]).patch)
+    owner = claim(ctx.store.path("patches", f"{fingerprint}.owner"), instance_id)
+    if owner == instance_id:
+        return False
+    ctx.store.write_json(ctx.store.instance_file(instance_id, "duplicate.json"), {"duplicate_of": owner,
+                                                                                    "patch": fingerprint})
+    return True
+
+
 def synthesize(ctx: RunContext, batch_id: str) -> dict:
-    """The synthetic PR for every judged-good rollout one, in the style of a demonstration issue."""
+    """The synthetic PR for every judged-good rollout one that no other instance already made (duplicate patches are
+    collapsed here, before any teacher call), in the style of a demonstration issue."""
     preflight(ctx.server_name, ctx.server, ctx.api_key())
     client = ctx.synth_client()
     pool = demo_issues.pool_for(ctx)
 
     def eligible(instance: functions.Instance) -> bool:
         result = _rollout_one_result(ctx, instance.instance_id)
-        return bool(result and result["is_good_patch"])
+        return bool(result and result["is_good_patch"]) and not _is_duplicate(ctx, instance.instance_id, result)
 
     def work(instance: functions.Instance) -> None:
         final = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])

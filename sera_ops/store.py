@@ -59,6 +59,19 @@ def atomic_write_jsonl(path: Path, records: Iterable[dict]) -> int:
     return len(lines)
 
 
+def claim(path: Path, owner: str) -> str:
+    """The owner of `path`: `owner` when this call created it, else whoever did first. Creation is atomic
+    (O_EXCL), so concurrent tasks agree on one winner, and a retried task finds its own claim."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip() or owner  # the winner is still writing: same name soon
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(owner)
+    return owner
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 

@@ -6,14 +6,17 @@ of the raw trajectory JSON, so long episodes fit the context; they may use anoth
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sera_ops import prompts
 from sera_ops.config import SynthSettings
 from sera_ops.teachers import TeacherClient
+from sera_ops.verify import changed_lines
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,15 @@ def agent_steps(trajectory: dict, observation_chars: int) -> list[dict]:
         elif role in ("tool", "user") and pending and "raw_output" in extra:
             steps.append({"action": pending.pop(0), "observation": clip(extra["raw_output"], observation_chars)})
     return steps
+
+
+def patch_fingerprint(patch: str) -> str:
+    """Two patches that change the same lines of the same files get the same fingerprint, whatever their context
+    lines, hunk offsets or whitespace-only changes."""
+    sections = re.split(r"^(?=diff --git )", patch, flags=re.MULTILINE)
+    parts = [f"{section.splitlines()[0] if section.startswith('diff --git ') else ''}\n"
+             + "\n".join(line.rstrip() for line in changed_lines(section)) for section in sections if section.strip()]
+    return hashlib.sha256("\n\0".join(sorted(parts)).encode()).hexdigest()
 
 
 def pick(pool_size: int, seed: int, *key: object) -> int:

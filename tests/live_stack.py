@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 DAG = "sera__tinyledger"
+TRAINING_DAG = "sera_train__tinyledger"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 COMPONENTS = {"api-server": ["api-server"], "scheduler": ["scheduler", "--skip-serve-logs"],
               "dag-processor": ["dag-processor"]}
@@ -114,7 +115,7 @@ class LiveStack:
             with suppress(psutil.NoSuchProcess):
                 member.kill()
         process.wait()
-        psutil.wait_procs(tree, timeout=10)
+        assert not psutil.wait_procs(tree, timeout=10)[1], f"{name}: processes survived SIGKILL"
         return len(tree)
 
     def log(self, run_id: str, task_id: str, map_index: int, attempt: int, dag_id: str = DAG) -> str:

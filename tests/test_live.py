@@ -12,10 +12,9 @@ import pytest
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher
 from tests.conftest import ROOT, docker_engine_reachable
-from tests.live_stack import DAG, Api, live_stack
+from tests.live_stack import DAG, TRAINING_DAG, Api, LiveStack, live_stack
 
 pytestmark = pytest.mark.e2e
-TRAINING_DAG = "sera_train__tinyledger"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def live(tmp_path_factory):
                                     storage_root=work / "store",
                                     overrides={"images": {"sandbox": "auto" if docker_engine_reachable() else "local"}})
         with live_stack(work, platform) as stack:
-            yield stack.api, work
+            yield stack
 
 
 def sera_trigger(api: Api, *args: str) -> subprocess.CompletedProcess:
@@ -35,14 +34,13 @@ def sera_trigger(api: Api, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cli_trigger_refuses_a_bad_conf(live):
-    api, _ = live
-    refused = sera_trigger(api, "--conf", '{"threshold": 3}')
+def test_cli_trigger_refuses_a_bad_conf(live: LiveStack):
+    refused = sera_trigger(live.api, "--conf", '{"threshold": 3}')
     assert refused.returncode == 2 and "HTTP 400" in refused.stderr and "threshold" in refused.stderr, refused.stderr
 
 
-def test_trigger_wait_train_and_clear(live):
-    api, work = live
+def test_trigger_wait_train_and_clear(live: LiveStack):
+    api, work = live.api, live.work
     done = sera_trigger(api, "--conf", '{"max_functions": 3, "threshold": 0.5}', "--wait", "--poll", "1",
                         "--timeout", "300")
     assert done.returncode == 0 and "state          success" in done.stdout, done.stdout + done.stderr
@@ -58,19 +56,18 @@ def test_trigger_wait_train_and_clear(live):
                             "the dataset Asset to trigger training")
     assert training[0]["run_type"] == "asset_triggered"
     training_id = training[0]["dag_run_id"]
-    assert api.wait_for(lambda: api.run_state(training_id, TRAINING_DAG), 300, "training to finish") == "success"
+    assert api.finish(training_id, 300, TRAINING_DAG) == "success"
     assert list((work / "store" / "tinyledger" / "models").glob("*/metrics.json"))
 
     status, body = api.call("POST", f"/api/v2/dags/{DAG}/clearTaskInstances", {
         "dry_run": False, "dag_run_id": run_id, "task_ids": [["per_batch.rollout_one", 0]],
         "only_failed": False, "include_downstream": True, "reset_dag_runs": True})
     assert status == 200 and {t["task_id"] for t in body["task_instances"]} >= {"per_batch.rollout_one", "assemble"}
-    api.wait_for(lambda: api.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/assemble")[1]
-                 ["try_number"] == 2 and api.run_state(run_id), 180, "the cleared tasks to run again")
-    log = api.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/per_batch.rollout_one/0")[1]
+    api.wait_for(lambda: api.task_instance(run_id, "assemble")["try_number"] == 2 and api.run_state(run_id), 180,
+                 "the cleared tasks to run again")
+    log = api.task_instance(run_id, "per_batch.rollout_one", 0)
     assert log["state"] == "success" and log["try_number"] == 2 and log["pool"] == "sera_model_scripted"
-    logs = list((work / "airflow" / "logs").rglob("task_id=per_batch.rollout_one/map_index=0/attempt=2.log"))
-    assert logs and "'already_done': 3, 'ran': 0" in logs[0].read_text()
+    assert "'already_done': 3, 'ran': 0" in live.log(run_id, "per_batch.rollout_one", 0, 2)
     assert json.loads((dataset / "stats.json").read_text())["records"] == stats["records"]
 
     with urllib.request.urlopen(f"{api.base}/sera/tinyledger/{dataset.parent.name}", timeout=30) as response:

@@ -13,12 +13,10 @@ from sera_ops.store import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT
-from tests.live_stack import live_stack, silent_port
+from tests.live_stack import TRAINING_DAG, live_stack, silent_port
 
 pytestmark = pytest.mark.e2e
 ROLLOUT_ONE = "per_batch.rollout_one"
-TRAINING_DAG = "sera_train__tinyledger"
-STALL_TIMEOUT_S = 5
 SILENT = {"timeout_s": 2, "max_retries": 9}
 ORPHAN_SETTINGS = {
     # A new scheduler resets the tasks of a scheduler whose heartbeat is this old (default 30 s) ...
@@ -45,8 +43,7 @@ def live(tmp_path_factory):
                                                "defaults": {"retries": 1, "retry_delay_s": 1},
                                                "model_servers": {
                                                    "scripted": teacher_server(teacher.url, concurrency=2),
-                                                   "stalling": teacher_server(stalling.url, timeout_s=STALL_TIMEOUT_S,
-                                                                              max_retries=0),
+                                                   "stalling": teacher_server(stalling.url, timeout_s=5, max_retries=0),
                                                    "silent": teacher_server(f"http://127.0.0.1:{port}/v1", **SILENT)}})
         with live_stack(work, platform, **ORPHAN_SETTINGS) as stack:
             # every published dataset would start a training run: test_live covers that, here it only takes the CPU

@@ -205,3 +205,40 @@ def test_incremental_runs_skip_what_earlier_runs_covered(tmp_path):
 
         again = make_context(tmp_path, teacher.url, "manual-4")  # not incremental: everything is fair game
         assert pipeline.run_all(again)["instances"] == 4
+
+
+def test_identical_rollout_one_patches_are_collapsed_before_any_writer_call(tmp_path):
+    with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
+        ctx = make_context(tmp_path, teacher.url)
+        (batch,) = prepare(ctx)
+        pipeline.rollout_one(ctx, batch)
+        owner, copy, *_ = sorted(i["instance_id"] for i in ctx.store.read_json(ctx.store.path("instances.json")))
+        # Two episodes that made the same edit: the copy's patch differs only in context lines and whitespace.
+        first = ctx.store.read_json(ctx.store.instance_file(owner, "rollout1.json"))
+        second = ctx.store.read_json(ctx.store.instance_file(copy, "rollout1.json"))
+        assert first["is_good_patch"] and second["is_good_patch"]
+        patch = first["final"]["patch"]
+        second["final"]["patch"] = patch.replace("\n ", "\n  ", 1).replace("@@ -", "@@ -1", 1) + "\n"
+        ctx.store.write_json(ctx.store.instance_file(copy, "rollout1.json"), second)
+        writer_calls = teacher.stats["writer"]
+        summary = pipeline.synthesize(ctx, batch)
+        assert summary["ran"] == 3 and teacher.stats["writer"] - writer_calls == 3
+        assert ctx.store.read_json(ctx.store.instance_file(copy, "duplicate.json"))["duplicate_of"] == owner
+        assert not ctx.store.instance_file(copy, "synth.json").exists()
+        assert pipeline.synthesize(ctx, batch)["ran"] == 0  # a retry keeps the same owner and redoes nothing
+        pipeline.rollout_two(ctx, batch)
+        pipeline.verify_batch(ctx, batch)
+        stats = pipeline.assemble(ctx)
+    assert stats["duplicate_patches"] == 1 and stats["records"]["t1"] == 3
+    assert copy not in (ctx.store.dataset_dir / "t1.jsonl").read_text()
+
+
+def test_patch_fingerprints_ignore_context_and_whitespace_but_not_files_or_lines():
+    from sera_ops.synth import patch_fingerprint
+
+    patch = ("diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -3,3 +3,3 @@ def f(x):\n     y = 1\n"
+             "-    return x < y\n+    return x >= y\n")
+    moved = patch.replace("@@ -3,3 +3,3 @@ def f(x):", "@@ -9,3 +9,3 @@").replace("     y = 1", "     y = 2")
+    assert patch_fingerprint(patch) == patch_fingerprint(moved) == patch_fingerprint(patch.replace("< y\n", "< y \t\n"))
+    assert patch_fingerprint(patch) != patch_fingerprint(patch.replace("m.py", "n.py"))
+    assert patch_fingerprint(patch) != patch_fingerprint(patch.replace(">= y", "> y"))
