@@ -310,6 +310,8 @@ class BatchSettings(_Strict):
     """Instances are mapped in batches, not one by one, to stay far below Airflow's max_map_length."""
 
     batch_size: int = Field(8, ge=1, le=1000)
+    max_batches: int = Field(256, ge=1, le=1000)
+    """Batches grow beyond batch_size when a run has more instances than batch_size × max_batches."""
     min_success_fraction: float = Field(0.5, ge=0, le=1)
 
 

@@ -10,16 +10,17 @@ inventory is recorded as `images/<commit>.error.json`, so that a run left with n
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sera_ops import dataset, demo_issues, functions, history, image_sources, images, prompts, sources, synth
+from sera_ops import dataset, demo_issues, functions, history, image_sources, images, planner, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.errors import PermanentError
 from sera_ops.rollouts import Rollout, redact, run_episode
@@ -326,9 +327,13 @@ def sample(ctx: RunContext) -> int:
 
 
 def make_batches(ctx: RunContext) -> list[str]:
-    ids = [i["instance_id"] for i in ctx.store.read_json(ctx.store.path("instances.json"), [])]
-    size = ctx.spec.batching.batch_size
-    batches = {f"b{n:04d}": ids[start:start + size] for n, start in enumerate(range(0, len(ids), size))}
+    """The run's batches (see `planner`); written once, so a retried or cleared task keeps the same split."""
+    existing = ctx.store.read_json(ctx.store.path("batches.json"))
+    if existing is not None:
+        return list(existing)
+    instances = [functions.Instance.from_dict(r) for r in ctx.store.read_json(ctx.store.path("instances.json"), [])]
+    settings = ctx.spec.batching
+    batches = planner.plan_batches(instances, settings.batch_size, settings.max_batches, ctx.server.concurrency)
     ctx.store.write_json(ctx.store.path("batches.json"), batches)
     return list(batches)
 
@@ -346,42 +351,77 @@ def _image(ctx: RunContext, commit: str) -> images.ImageRef:
     return images.ImageRef.from_dict(read_json(ctx.store.path("images", f"{commit}.json")))
 
 
-def _for_each(ctx: RunContext, batch_id: str, stage: str, output: str,
-              eligible: Callable[[functions.Instance], bool], work: Callable[[functions.Instance], None]) -> dict:
-    """Run `work` on the batch's eligible instances whose `output` file is missing, concurrently (the model server's
-    concurrency), recording each failure next to its instance instead of raising."""
-    todo, done = [], 0
-    for instance in _instances(ctx, batch_id):
-        if not eligible(instance):
-            continue
-        if ctx.store.instance_file(instance.instance_id, output).exists():
-            done += 1
-        else:
-            todo.append(instance)
+@dataclass(frozen=True)
+class Step:
+    """One stage of one instance. It is due when `eligible` says so and done when its `output` file exists (None:
+    cheap, always redone); `work` writes the output."""
 
-    secrets = ctx.secrets()
+    name: str
+    output: str | None
+    eligible: Callable[[functions.Instance], bool]
+    work: Callable[[functions.Instance], None]
 
-    def attempt(instance: functions.Instance) -> str | None:
-        error_file = ctx.store.instance_file(instance.instance_id, f"{stage}.error.json")
-        try:
-            work(instance)
-        except Exception as exc:
-            message = _record_failure(ctx, error_file, stage, exc, secrets)
-            log.error("instance %s: %s failed: %s", instance.instance_id, stage, message)
-            return message
-        error_file.unlink(missing_ok=True)
+
+@dataclass
+class _Tally:
+    """Per-stage counts of a batch task, for its log and summary."""
+
+    counts: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, stage: str, outcome: str) -> None:
+        with self.lock:
+            self.counts[(stage, outcome)] += 1
+
+    def summary(self, steps: list[Step]) -> dict[str, dict[str, int]]:
+        return {step.name: {outcome: self.counts[(step.name, outcome)] for outcome in ("already_done", "ran", "failed")}
+                for step in steps}
+
+
+def _for_each(ctx: RunContext, batch_id: str, steps: list[Step]) -> dict:
+    """Take each instance of the batch through `steps` in order, the model server's concurrency of instances at a
+    time and no barrier between stages: an instance starts rollout two as soon as its own PR exists, so the teacher
+    stays busy until the last instance. A step whose output exists is skipped (a retry redoes only what is missing);
+    a failure is recorded next to the instance and ends that instance's flow, never the others'. The task fails
+    (and Airflow retries it) only when fewer than `min_success_fraction` of its instances got through."""
+    instances = _instances(ctx, batch_id)
+    secrets, tally = ctx.secrets(), _Tally()
+
+    def flow(instance: functions.Instance) -> str | None:
+        for step in steps:
+            if not step.eligible(instance):
+                continue
+            if step.output and ctx.store.instance_file(instance.instance_id, step.output).exists():
+                tally.add(step.name, "already_done")
+                continue
+            error_file = ctx.store.instance_file(instance.instance_id, f"{step.name}.error.json")
+            tally.add(step.name, "ran")
+            try:
+                step.work(instance)
+            except Exception as exc:
+                message = _record_failure(ctx, error_file, step.name, exc, secrets)
+                log.error("instance %s: %s failed: %s", instance.instance_id, step.name, message)
+                tally.add(step.name, "failed")
+                return f"{step.name}: {message}"
+            error_file.unlink(missing_ok=True)
         return None
 
-    with ThreadPoolExecutor(max_workers=ctx.server.concurrency, thread_name_prefix=f"{stage}-") as pool:
-        errors = [e for e in pool.map(attempt, todo) if e]
-    total = done + len(todo)
-    finished = total - len(errors)
-    summary = {"batch": batch_id, "stage": stage, "eligible": total, "already_done": done,
-               "ran": len(todo), "failed": len(errors)}
-    log.info("batch %s %s: %s", batch_id, stage, summary)
-    if total and finished / total < ctx.spec.batching.min_success_fraction:
-        raise BatchFailed(f"batch {batch_id} {stage}: only {finished}/{total} instances finished (need "
-                          f"{ctx.spec.batching.min_success_fraction:.0%}); first error: {errors[0]}")
+    started, errors = time.monotonic(), []
+    every = max(1, len(instances) // 10)
+    with ThreadPoolExecutor(max_workers=ctx.server.concurrency, thread_name_prefix=f"{batch_id}-") as pool:
+        for done, error in enumerate(as_completed(pool.submit(flow, i) for i in instances), start=1):
+            if error.result():
+                errors.append(error.result())
+            if done % every == 0 or done == len(instances):
+                rate = done / max(time.monotonic() - started, 1e-9)
+                log.info("batch %s: %d/%d instances through %s (%d failed), %.2f/s, ETA %.0f s", batch_id, done,
+                         len(instances), "+".join(step.name for step in steps), len(errors), rate,
+                         (len(instances) - done) / rate)
+    summary = {"batch": batch_id, "instances": len(instances), "failed": len(errors), **tally.summary(steps)}
+    log.info("batch %s: %s", batch_id, summary)
+    if instances and (len(instances) - len(errors)) / len(instances) < ctx.spec.batching.min_success_fraction:
+        raise BatchFailed(f"batch {batch_id}: only {len(instances) - len(errors)}/{len(instances)} instances got "
+                          f"through (need {ctx.spec.batching.min_success_fraction:.0%}); first error: {errors[0]}")
     return summary
 
 
@@ -389,15 +429,14 @@ def _always(_: functions.Instance) -> bool:
     return True
 
 
-def rollout_one(ctx: RunContext, batch_id: str) -> dict:
+def _rollout_one_step(ctx: RunContext) -> Step:
     """SERA's rollout one: an agent on a vague report around the start function, judged; up to max_attempts tries,
     each with another rollout-one template, until the judge calls the patch good."""
-    preflight(ctx.server_name, ctx.server, ctx.api_key())
-    client = ctx.synth_client()
     secrets = ctx.secrets()
     settings = ctx.spec.rollout
 
     def work(instance: functions.Instance) -> None:
+        client = ctx.synth_client()  # one per instance: its usage is this instance's own
         attempts = []
         for attempt in range(settings.max_attempts):
             template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
@@ -420,7 +459,7 @@ def rollout_one(ctx: RunContext, batch_id: str) -> dict:
             "final": attempts[-1]["rollout"], "is_good_patch": attempts[-1]["judgement"]["is_good_patch"],
             "attempts": attempts, "judge_usage": client.usage.to_dict()})
 
-    return _for_each(ctx, batch_id, "rollout1", "rollout1.json", _always, work)
+    return Step("rollout1", "rollout1.json", _always, work)
 
 
 def _first_user_message(traj_path: Path) -> str:
@@ -444,11 +483,9 @@ def _is_duplicate(ctx: RunContext, instance_id: str, rollout_one: dict) -> bool:
     return True
 
 
-def synthesize(ctx: RunContext, batch_id: str) -> dict:
+def _synth_step(ctx: RunContext) -> Step:
     """The synthetic PR for every judged-good rollout one that no other instance already made (duplicate patches are
     collapsed here, before any teacher call), in the style of a demonstration issue."""
-    preflight(ctx.server_name, ctx.server, ctx.api_key())
-    client = ctx.synth_client()
     pool = demo_issues.pool_for(ctx)
 
     def eligible(instance: functions.Instance) -> bool:
@@ -459,16 +496,15 @@ def synthesize(ctx: RunContext, batch_id: str) -> dict:
         final = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
         steps = synth.agent_steps(read_json(ctx.store.instance_file(instance.instance_id, final.trajectory_file)),
                                   ctx.spec.synth.observation_chars)
-        result = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, final.patch, pool,
-                                          ctx.spec.seed)
+        result = synth.write_synthetic_pr(ctx.synth_client(), ctx.spec.synth, instance.instance_id, steps,
+                                          final.patch, pool, ctx.spec.seed)
         ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "synth.json"), result.to_dict())
 
-    return _for_each(ctx, batch_id, "synth", "synth.json", eligible, work)
+    return Step("synth", "synth.json", eligible, work)
 
 
-def rollout_two(ctx: RunContext, batch_id: str) -> dict:
+def _rollout_two_step(ctx: RunContext) -> Step:
     """A fresh agent on the synthetic PR, from the same pristine image."""
-    preflight(ctx.server_name, ctx.server, ctx.api_key())
     secrets = ctx.secrets()
 
     def eligible(instance: functions.Instance) -> bool:
@@ -484,22 +520,64 @@ def rollout_two(ctx: RunContext, batch_id: str) -> dict:
                               secrets=secrets, **ctx.confinement())
         ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"), rollout.to_dict())
 
-    return _for_each(ctx, batch_id, "rollout2", "rollout2.json", eligible, work)
+    return Step("rollout2", "rollout2.json", eligible, work)
 
 
-def verify_batch(ctx: RunContext, batch_id: str) -> dict:
+def _verify_step(ctx: RunContext) -> Step:
     """Changed-line recall of rollout two's patch against rollout one's; cheap, so always recomputed (the
     threshold may differ between runs)."""
-    verdicts = Counter()
-    for instance in _instances(ctx, batch_id):
-        two = ctx.store.read_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"))
-        if not two:
-            continue
+
+    def eligible(instance: functions.Instance) -> bool:
+        return ctx.store.instance_file(instance.instance_id, "rollout2.json").exists()
+
+    def work(instance: functions.Instance) -> None:
+        two = read_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"))
         one = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
         verdict = verify(instance.instance_id, one.patch, two["patch"], ctx.threshold)
         ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "verdict.json"), verdict.to_dict())
-        verdicts["resolved" if verdict.resolved else "unresolved"] += 1
-    return {"batch": batch_id, "stage": "verify", **verdicts}
+
+    return Step("verify", None, eligible, work)
+
+
+def _teacher_answers(ctx: RunContext) -> None:
+    """Fail fast, naming the server and its URL, when a teacher does not answer at all (not after every instance
+    has used up its retries)."""
+    preflight(ctx.server_name, ctx.server, ctx.api_key())
+    if ctx.spec.synth.model_server and ctx.spec.synth.model_server != ctx.server_name:
+        synth_server = ctx.platform.server(ctx.spec.synth.model_server)
+        preflight(ctx.spec.synth.model_server, synth_server, resolve_secret(synth_server.api_key,
+                                                                             ctx.connection_lookup))
+
+
+def rollouts(ctx: RunContext, batch_id: str) -> dict:
+    """The batch task: every instance through rollout one (judged), the synthetic PR, rollout two and verification."""
+    _teacher_answers(ctx)
+    return _for_each(ctx, batch_id, [_rollout_one_step(ctx), _synth_step(ctx), _rollout_two_step(ctx),
+                                     _verify_step(ctx)])
+
+
+def _one_stage(ctx: RunContext, batch_id: str, step: Step) -> dict:
+    """One stage of a batch on its own (tests, benchmarks, redoing a stage by hand): its counts."""
+    return {"batch": batch_id, "stage": step.name, **_for_each(ctx, batch_id, [step])[step.name]}
+
+
+def rollout_one(ctx: RunContext, batch_id: str) -> dict:
+    _teacher_answers(ctx)
+    return _one_stage(ctx, batch_id, _rollout_one_step(ctx))
+
+
+def synthesize(ctx: RunContext, batch_id: str) -> dict:
+    _teacher_answers(ctx)
+    return _one_stage(ctx, batch_id, _synth_step(ctx))
+
+
+def rollout_two(ctx: RunContext, batch_id: str) -> dict:
+    _teacher_answers(ctx)
+    return _one_stage(ctx, batch_id, _rollout_two_step(ctx))
+
+
+def verify_batch(ctx: RunContext, batch_id: str) -> dict:
+    return _one_stage(ctx, batch_id, _verify_step(ctx))
 
 
 # ---------------------------------------------------------------- dataset
@@ -543,8 +621,7 @@ def run_all(ctx: RunContext) -> dict:
             log.exception("repo %s commit %s failed; continuing with the others", ctx.spec.name, commit[:12])
     sample(ctx)
     for batch_id in make_batches(ctx):
-        for stage in (rollout_one, synthesize, rollout_two, verify_batch):
-            stage(ctx, batch_id)
+        rollouts(ctx, batch_id)
     stats = assemble(ctx)
     publish(ctx)
     return stats

@@ -13,14 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    OpenAI,
-    PermissionDeniedError,
-)
+from openai import APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError, OpenAI
 
 from sera_ops.config import ModelServer
 
@@ -83,7 +76,7 @@ def preflight(name: str, server: ModelServer, api_key: str | None) -> None:
     except APIConnectionError as exc:
         raise TeacherUnreachable(f"{where} cannot be reached ({exc.__cause__ or exc}); is it running, and is its "
                                  "base_url right?") from None
-    except (AuthenticationError, PermissionDeniedError) as exc:
+    except AuthenticationError as exc:  # not 403: a key may be barred from listing models yet allowed to chat
         raise TeacherUnreachable(f"{where} refused the API key (HTTP {exc.status_code}); check "
                                  f"model_servers.{name}.api_key", permanent=True) from None
     except APIStatusError as exc:

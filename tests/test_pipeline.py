@@ -57,7 +57,7 @@ def test_teacher_outage_fails_the_batch_then_a_retry_finishes_only_the_missing(t
         ctx = make_context(tmp_path, broken.url)
         ctx.platform.model_servers["scripted"] = ctx.server.model_copy(update={"max_retries": 0})
         (batch,) = prepare(ctx)
-        with pytest.raises(BatchFailed, match="only 0/4 instances finished"):
+        with pytest.raises(BatchFailed, match="only 0/4 instances got through"):
             pipeline.rollout_one(ctx, batch)
         errors = list(ctx.store.run_dir.rglob("rollout1.error.json"))
         assert len(errors) == 4

@@ -821,6 +821,42 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up (e.g. timed out on a stall)
 
 
+class InFlightMeter:
+    """Requests in flight over time, as the server sees them: the time-weighted mean is how busy a client keeps it
+    (a benchmark divides it by the configured concurrency: the saturation)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._current, self._area, self._changed = 0, 0.0, 0.0
+            self._first: float | None = None
+            self._last = 0.0
+
+    def _move(self, delta: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._first is None:
+                self._first, self._changed = now, now
+            self._area += self._current * (now - self._changed)
+            self._current += delta
+            self._changed = self._last = now
+
+    def enter(self) -> None:
+        self._move(+1)
+
+    def leave(self) -> None:
+        self._move(-1)
+
+    def mean(self) -> float:
+        """Mean requests in flight from the first request's arrival to the last answer."""
+        with self._lock:
+            span = self._last - (self._first or self._last)
+            return self._area / span if span > 0 else 0.0
+
+
 class ScriptedTeacher(LoopbackServer):
     """The scripted teacher served over HTTP on loopback; use as a context manager or start()/stop()."""
 
@@ -835,6 +871,7 @@ class ScriptedTeacher(LoopbackServer):
         self._counts = dict.fromkeys(("agent", "judge", "writer", "errors", "stalls"), 0)
         self._requests = 0
         self._reports: dict[tuple[str, str], list[int]] = {}
+        self.in_flight = InFlightMeter()
 
     def _before_start(self) -> None:
         self._stopping.clear()
@@ -859,6 +896,13 @@ class ScriptedTeacher(LoopbackServer):
 
     def answer(self, request: Any) -> tuple[HTTPStatus, dict]:
         """The HTTP status and JSON body for one chat-completions request."""
+        self.in_flight.enter()
+        try:
+            return self._answer(request)
+        finally:
+            self.in_flight.leave()
+
+    def _answer(self, request: Any) -> tuple[HTTPStatus, dict]:
         messages = request.get("messages") if isinstance(request, dict) else None
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             return _error(HTTPStatus.BAD_REQUEST, "'messages' must be a non-empty list of objects",
