@@ -49,38 +49,50 @@ from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 
 
-def platform_for(work: Path, teacher_url: str, concurrency: int, instances: int, sandbox: str) -> Path:
+def platform_for(work: Path, teacher_url: str, args: argparse.Namespace) -> Path:
     """The embedded default, with one batch of all the instances at the given concurrency."""
     repos = work / "repos"
     repos.mkdir(parents=True)
     spec = yaml.safe_load((ROOT / "config" / "repos" / "tinyledger.yaml").read_text())
     spec.pop("training", None)
-    spec["batching"] = {"batch_size": instances}
+    spec["batching"] = {"batch_size": args.instances}
     (repos / "tinyledger.yaml").write_text(yaml.safe_dump(spec))
     platform = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher_url, storage_root=work / "store",
-                                repos_dir=repos, overrides={"images": {"sandbox": sandbox},
+                                repos_dir=repos, overrides={"images": {"sandbox": args.sandbox},
                                                             "defaults": {"retries": 0, "retry_delay_s": 0}})
     data = yaml.safe_load(platform.read_text())
-    data["model_servers"]["scripted"].update(concurrency=concurrency, parallel_batches=1)
+    data["model_servers"]["scripted"].update(concurrency=args.concurrency, parallel_batches=1,
+                                             episodes_per_slot=args.episodes_per_slot)
     platform.write_text(yaml.safe_dump(data))
     return platform
 
 
-def dag_batch_task(work: Path, teacher: ScriptedTeacher, args: argparse.Namespace) -> tuple[float, float, Path]:
-    """(batch task seconds, mean in flight during it, platform file) of one `dag.test()` run."""
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far (/proc/stat): how busy the machine was between two readings."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def dag_batch_task(work: Path, teacher: ScriptedTeacher, args: argparse.Namespace
+                   ) -> tuple[float, float, float, Path]:
+    """(batch task seconds, mean in flight during it, CPU busy fraction, platform file) of one `dag.test()` run."""
     import subprocess
 
     from sera_airflow import run_dag_locally
 
-    platform = platform_for(work, teacher.url, args.concurrency, args.instances, args.sandbox)
+    platform = platform_for(work, teacher.url, args)
     os.environ["SERA_PLATFORM_CONFIG"] = str(platform)
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True)
     teacher.in_flight.reset()
+    busy, total = cpu_ticks()
     run = run_dag_locally("sera__tinyledger", {"max_functions": args.instances})
+    busy_after, total_after = cpu_ticks()
     batch = [ti for ti in run.get_task_instances() if ti.task_id.endswith("rollouts")]
     if str(run.state) != "success" or len(batch) != 1:
         sys.exit(f"the DAG run ended {run.state} with batch tasks {[ti.task_id for ti in batch]}")
-    return (batch[0].end_date - batch[0].start_date).total_seconds(), teacher.in_flight.mean(), platform
+    seconds = (batch[0].end_date - batch[0].start_date).total_seconds()
+    return seconds, teacher.in_flight.mean(), (busy_after - busy) / max(total_after - total, 1), platform
 
 
 def run_context(platform: Path, run_id: str, instances: int) -> RunContext:
@@ -101,7 +113,7 @@ def stage_by_stage(platform: Path, instances: int) -> float:
     return time.perf_counter() - started
 
 
-def plain_loop(platform: Path, work: Path, instances: int, concurrency: int) -> float:
+def plain_loop(platform: Path, work: Path, instances: int, workers: int) -> float:
     """The same model calls and episodes, with nothing around them: the floor the pipeline is measured against."""
     ctx = run_context(platform, "plain-loop", instances)
     for commit in pipeline.select_commits(ctx):
@@ -115,7 +127,9 @@ def plain_loop(platform: Path, work: Path, instances: int, concurrency: int) -> 
     def one(instance: Instance) -> None:
         client = TeacherClient(ctx.server, ctx.api_key())
         folder = work / "plain" / instance.instance_id
-        task = prompts.render_rollout_one(0, instance.start_fn, instance.start_fn_file)
+        template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
+                                       attempt=0)  # the pipeline's first pick: the same episodes on both sides
+        task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
         first = run_episode(instance_id=instance.instance_id, stage=1, attempt=0, task=task,
                             image=images[instance.commit], trajectory_path=folder / "one.json", **common)
         steps = synth.agent_steps(read_json(folder / "one.json"), ctx.spec.synth.observation_chars)
@@ -126,7 +140,7 @@ def plain_loop(platform: Path, work: Path, instances: int, concurrency: int) -> 
                     image=images[instance.commit], trajectory_path=folder / "two.json", **common)
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, chosen))
     return time.perf_counter() - started
 
@@ -136,21 +150,24 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.2, help="teacher latency per call, seconds")
+    parser.add_argument("--episodes-per-slot", type=int, default=2)
     parser.add_argument("--sandbox", default="local", choices=["local", "docker"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     with ScriptedTeacher(ScriptedTeacherConfig(latency_s=args.latency)) as teacher:
-        dag_s, in_flight, platform = dag_batch_task(_SCRATCH / "dag", teacher, args)
+        dag_s, in_flight, cpu_busy, platform = dag_batch_task(_SCRATCH / "dag", teacher, args)
         staged_s = stage_by_stage(platform, args.instances)
-        plain_s = plain_loop(platform, _SCRATCH, args.instances, args.concurrency)
-    print(f"{args.instances} instances of the bundled sample, concurrency {args.concurrency}, {args.sandbox} sandbox, "
-          f"teacher latency {args.latency} s/call")
+        plain_s = plain_loop(platform, _SCRATCH, args.instances, args.concurrency * args.episodes_per_slot)
+    print(f"{args.instances} instances of the bundled sample, {args.concurrency} request slots and "
+          f"{args.concurrency * args.episodes_per_slot} episodes at once, {args.sandbox} sandbox, teacher latency "
+          f"{args.latency} s/call")
     print("| way | wall s | vs plain loop |")
     print("|---|---:|---:|")
     for label, seconds in (("plain loop (baseline)", plain_s), ("stage by stage (a barrier per stage)", staged_s),
                            ("DAG batch task (no barrier)", dag_s)):
         print(f"| {label} | {seconds:.1f} | {seconds / plain_s:.2f}x |")
-    print(f"mean requests in flight during the batch task: {in_flight:.2f} of {args.concurrency}")
+    print(f"mean requests in flight during the batch task: {in_flight:.2f} of {args.concurrency}; CPU busy during the "
+          f"DAG run: {cpu_busy:.0%} of {os.cpu_count()} cores")
     print(f"overhead_ratio={dag_s / plain_s:.2f} saturation={in_flight / args.concurrency:.2f}")
 
 

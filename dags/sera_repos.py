@@ -4,7 +4,12 @@ task body is wrapped in `fail_fast`: an error retrying cannot fix fails its task
 
     select_commits ─► mirror (to the GitHub organisation; skipped when not configured)
                    ─► per commit: build_image ─► inventory ─► sample_instances ─► make_batches
-        ─► per batch: rollout_one ─► synthesize ─► rollout_two ─► verify ─► assemble ─► publish (dataset Asset)
+        ─► per batch: rollouts ─► assemble ─► publish (dataset Asset)
+           (several model_servers: batches_<server> ─► per_batch_<server> for each, in that server's pool)
+
+A batch task takes each of its instances through rollout one (judged), the synthetic PR, rollout two and verification
+with no barrier between stages, so the teacher stays busy; batches are sized by `sera_ops.planner` so that a run of
+50,000 instances still maps at most `batching.max_batches` of them.
 """
 
 from __future__ import annotations
@@ -34,8 +39,12 @@ def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:
                          description="Commits (hashes, tags or branches) to use instead of the configured selection."),
         "max_functions": Param(None, type=["null", "integer"], minimum=1,
                                description=f"Start functions to sample (configured: {spec.fns_per_repo})."),
-        "model_server": Param(spec.model_server, type="string", enum=sorted(platform.model_servers),
-                              description="Teacher model server for all rollouts and LLM calls."),
+        "model_server": Param(None, type=["null", "string"], enum=[None, *sorted(platform.model_servers)],
+                              description="One teacher model server for all rollouts and LLM calls (configured: "
+                                          f"{', '.join(spec.model_servers)})."),
+        "model_servers": Param([], type="array", items={"type": "string", "enum": sorted(platform.model_servers)},
+                               uniqueItems=True, description="Teacher model servers to spread the batches over "
+                                                             "instead of the configured ones."),
         "threshold": Param(spec.verify.threshold, type="number", minimum=0, maximum=1,
                            description="Soft-verification threshold: 1 hard, 0<t<1 soft, 0 none."),
         "incremental": Param(None, type=["null", "boolean"],
@@ -91,23 +100,25 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         def make_batches(_: int) -> list[str]:
             return pipeline.make_batches(_context(platform, spec))
 
-        def batch_step(task_id: str, step):
-            uses_teacher = step is not pipeline.verify_batch
+        def per_batch(group_id: str, server: str):
+            @task_group(group_id=group_id)
+            def batch_group(batch_id: str):
+                @task(pool=pool_name(server))
+                @fail_fast
+                def rollouts(batch_id: str) -> dict:
+                    return pipeline.rollouts(_context(platform, spec), batch_id)
 
-            @task(task_id=task_id, pool=pool_name(spec.model_server) if uses_teacher else "default_pool")
+                return rollouts(batch_id)
+
+            return batch_group
+
+        def batches_on(server: str):
+            @task(task_id=f"batches_{server}")
             @fail_fast
-            def run_step(batch_id: str) -> str:
-                step(_context(platform, spec), batch_id)
-                return batch_id
+            def select(_: list[str]) -> list[str]:
+                return pipeline.batches_on(_context(platform, spec), server)
 
-            return run_step
-
-        @task_group
-        def per_batch(batch_id: str):
-            for task_id, step in (("rollout_one", pipeline.rollout_one), ("synthesize", pipeline.synthesize),
-                                  ("rollout_two", pipeline.rollout_two), ("verify", pipeline.verify_batch)):
-                batch_id = batch_step(task_id, step)(batch_id)
-            return batch_id
+            return select
 
         @task(trigger_rule="all_done")
         @fail_fast
@@ -127,7 +138,12 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         commits = select_commits()
         mirror(commits)
         batches = make_batches(sample_instances(per_commit.expand(commit=commits)))
-        publish(assemble(per_batch.expand(batch_id=batches)))
+        if len(spec.model_servers) == 1:
+            done = [per_batch("per_batch", spec.model_server).expand(batch_id=batches)]
+        else:  # a pool is fixed per task, so one batch group per server, each mapped over that server's batches
+            done = [per_batch(f"per_batch_{server}", server).expand(batch_id=batches_on(server)(batches))
+                    for server in spec.model_servers]
+        publish(assemble(done))
 
     return repo_dag()
 

@@ -8,7 +8,8 @@ URL go through `sera_ops.runs`' checks (anything else is a 404). The storage roo
 every request, so `SERA_PLATFORM_CONFIG` and config edits apply without a restart.
 
 Airflow does not authenticate plugin apps; this one asks for the same login as Airflow's own API (a bearer token, or
-the UI's session cookie, which the embedded page sends along).
+the UI's session cookie, which the embedded page sends along). A browser without a session is sent to Airflow's login
+page, which brings it back; API clients get Airflow's 401.
 """
 
 from __future__ import annotations
@@ -16,19 +17,19 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sera_ops import runs
 from sera_ops.config import load_platform
-from sera_ops.dataset_card import CARD, PLOTS
+from sera_ops.dataset_card import CARD
 from sera_ops.store import RunStore
 
 _bearer = HTTPBearer(auto_error=False)
@@ -40,7 +41,16 @@ async def airflow_login(request: Request,
     every Airflow component loads plugins, only the API server serves them."""
     from airflow.api_fastapi.core_api.security import get_user
 
-    await get_user(request, None, credentials)
+    try:
+        await get_user(request, None, credentials)
+    except HTTPException as exc:  # 401: no or an expired token; 403: a token this server cannot read (new secret)
+        if "text/html" in request.headers.get("accept", ""):
+            raise LoginFirst from exc
+        raise
+
+
+class LoginFirst(Exception):
+    """A browser's request without a valid Airflow session."""
 
 
 app = FastAPI(title="SERA datasets", docs_url=None, redoc_url=None, openapi_url=None,
@@ -49,6 +59,14 @@ app = FastAPI(title="SERA datasets", docs_url=None, redoc_url=None, openapi_url=
 
 def storage_root() -> Path:
     return load_platform().storage_root
+
+
+@app.exception_handler(LoginFirst)
+async def login_first(request: Request, exc: LoginFirst) -> RedirectResponse:
+    """To the auth manager's login page, which returns to `next` once the session cookie is set."""
+    from airflow.api_fastapi.app import create_auth_manager  # the API server's own instance (a cached singleton)
+
+    return RedirectResponse(create_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
 
 
 @app.exception_handler(runs.NotFound)
@@ -93,11 +111,13 @@ def stats_json(repo: str, run: str) -> JSONResponse:
 def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
     root = storage_root()
     detail = runs.run_detail(root, repo, run)
-    stats = (_columns(_flatten(detail.stats)) + f'<p>{_link(_url(request, "api", repo, run, "stats"), "JSON")}</p>'
+    every_count = _link(_url(request, "api", repo, run, "stats"), "stats.json")
+    stats = (_summary(detail.stats) + f"<p>Every count: {every_count}</p>"
              if detail.stats else "<p>Not assembled yet: the statistics appear when the run's dataset is built.</p>")
     rows = [[_link(_url(request, repo, run, i.instance_id), i.instance_id), _e(i.start_fn),
              _breakable(i.start_fn_file), f"<code>{_e((i.commit or '')[:12])}</code>",
-             _cell(i.rollout1_exit_status), _cell(i.rollout1_attempts), _cell(i.judged_good), _cell(i.synthetic_pr),
+             _cell(i.rollout1_exit_status), _cell(i.rollout1_attempts), _cell(i.judged_good),
+             _synthetic_pr(request, repo, run, i),
              _cell(i.rollout2_exit_status), _cell(i.recall), _cell(i.resolved), _errors(i.errors)]
             for i in detail.instances]
     instances = _table(["instance", "start function", "file", "commit", "rollout one", "attempts", "judged good",
@@ -105,7 +125,7 @@ def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
     manifest = (f"<details><summary>manifest.json</summary><pre>{_e(json.dumps(detail.manifest, indent=2))}</pre>"
                 "</details>" if detail.manifest else "")
     dataset = _dataset(request, root, repo, run) if detail.stats else ""
-    body = f"<h2>Statistics</h2>{stats}{dataset}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
+    body = f"<h2>Summary</h2>{stats}{dataset}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
     return _page(request, f"{repo} / {run}", [(repo, _url(request) + f"#{quote(repo)}")], body,
                  badge="latest" if detail.is_latest else None)
 
@@ -114,11 +134,9 @@ def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
 def dataset_file(repo: str, run: str, name: str) -> FileResponse:
     """One of the run's dataset files (DATASET_FILES or a plot): text and images inline, Parquet as a download."""
     root = storage_root()
-    if name not in (*DATASET_FILES, *PLOTS) or run not in {s.run_id for s in runs.list_runs(root, repo)}:
+    if not (name in DATASET_FILES or name.endswith(".png")) or name not in runs.dataset_files(root, repo, run):
         raise runs.NotFound(f"no dataset file {name!r} in run {run}")
     path = RunStore(root, repo, run).dataset_dir / name
-    if not path.is_file() or not path.resolve().is_relative_to(root.resolve()):
-        raise runs.NotFound(f"run {run} has no {name} (assembled before it was written?)")
     media_type, inline = MEDIA_TYPES[Path(name).suffix]
     return FileResponse(path, media_type=media_type, filename=None if inline else f"{repo}-{run}-{name}",
                         headers={"X-Content-Type-Options": "nosniff"})
@@ -134,13 +152,18 @@ def instance_page(request: Request, repo: str, run: str, instance_id: str) -> HT
         ("synthetic PR", s.synthetic_pr), ("rollout two", s.rollout2_exit_status), ("recall", s.recall),
         ("resolved", s.resolved)])
     errors = "".join(f"<h3>{_e(stage)} failed</h3><pre>{_e(message)}</pre>" for stage, message in s.errors.items())
-    verdict = _key_values(detail.verdict.items()) if detail.verdict else _missing()
-    body = (f"{status}{errors}"
+    duplicate = (f"<p>Its patch is the same as {_link(_url(request, repo, run, s.duplicate_of), s.duplicate_of)}'s, "
+                 "which got the synthetic PR.</p>" if s.duplicate_of else "")
+    attempts = _table(["attempt", "exit status", "changed lines", "judge's answer", "judged good", "judge calls"],
+                      [[_cell(a.number), _cell(a.exit_status), _cell(a.changed_lines) if a.changed_lines else "empty",
+                        _cell(a.judge_answer), _cell(a.judged_good), _cell(a.judge_calls)] for a in detail.attempts])
+    body = (f"{status}{errors}{duplicate}"
+            f"<h2>Rollout one: attempts and the judge</h2>{attempts if detail.attempts else _pre(None)}"
             f"<h2>Rollout one: task</h2>{_pre(detail.task)}"
             f"<h2>Rollout one: patch (P1)</h2>{_pre(detail.patch_one)}"
             f"<h2>Synthetic PR</h2>{_pre(detail.synthetic_pr)}"
             f"<h2>Rollout two: patch (P2)</h2>{_pre(detail.patch_two)}"
-            f"<h2>Verdict</h2>{verdict}"
+            f"<h2>Verdict</h2>{_verdict(detail.verdict)}"
             f"<h2>Rollout one: trajectory</h2>{_trajectory(detail.trajectory_one)}"
             f"<h2>Rollout two: trajectory</h2>{_trajectory(detail.trajectory_two)}")
     crumbs = [(repo, _url(request) + f"#{quote(repo)}"), (run, _url(request, repo, run))]
@@ -163,9 +186,9 @@ nav { margin-bottom: .5rem; color: #59636e; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }
 th, td { border: 1px solid #d1d9e0; padding: .2rem .45rem; text-align: left; vertical-align: top; }
 .wide { overflow-x: auto; }
-.columns { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: 0 1.5rem; }
-.columns table { width: 100%; }
-.columns td { overflow-wrap: anywhere; }
+.funnel td.count { text-align: right; }
+.funnel td.bar { width: 16rem; }
+.funnel td.bar span { display: block; height: .9rem; background: #54aeff; }
 .plots { display: flex; flex-wrap: wrap; gap: .5rem; }
 .plots img { width: 380px; max-width: 100%; border: 1px solid #d1d9e0; }
 summary code { color: #59636e; margin-left: .4rem; }
@@ -209,16 +232,21 @@ def _missing() -> str:
     return '<span class="missing">—</span>'
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return _missing()
+def _plain(value: Any) -> str:
+    """A value as people read it: yes/no, two decimals, a list joined, `—` for nothing."""
+    if value is None or value == []:
+        return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.2f}"
     if isinstance(value, list):
-        return _e(", ".join(map(str, value))) if value else _missing()
-    return _e(value)
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _missing() if value is None or value == [] else _e(_plain(value))
 
 
 def _pre(text: str | None) -> str:
@@ -237,31 +265,67 @@ def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
     return f"<table>{rows}</table>"
 
 
-def _columns(items: Iterable[tuple[str, Any]], count: int = 3) -> str:
-    """Key-value tables side by side, so a long list (stats.json) does not push the instances off the screen."""
-    pairs = list(items)
-    size = max(1, -(-len(pairs) // count))
-    return ('<div class="columns">' + "".join(_key_values(pairs[i:i + size]) for i in range(0, len(pairs), size))
-            + "</div>")
+def _summary(stats: dict) -> str:
+    """stats.json as a reading: how many instances reached each stage (a bar against those sampled, the share of
+    the stage before), what was lost where, and the facts of the run."""
+    def n(*keys: str) -> str:
+        return _plain(_stat(stats, *keys))
+
+    stages = [
+        ("instances", "instances", f"sampled from {n('functions')} functions in {n('commits', 'ready')} of "
+                                   f"{n('commits', 'selected')} commits"),
+        ("rollout one", "rollout_one", f"{n('rollout_one_attempts')} attempts, {n('rollout_one_submitted')} "
+                                       f"submitted, {n('rollout1_errors')} failed"),
+        ("judged good", "judged_good", "the judge accepted the final attempt's patch"),
+        ("synthetic PRs", "synthetic_prs", f"{n('duplicate_patches')} duplicate patches collapsed before writing, "
+                                           f"{n('synth_errors')} failed"),
+        ("rollout two", "rollout_two", f"{n('rollout_two_submitted')} submitted, {n('rollout2_errors')} failed"),
+        ("verified", "verified", f"recall of P1's changed lines ≥ {n('threshold')}; mean recall {n('mean_recall')}"),
+    ]
+    total, previous, rows = _stat(stats, "instances") or 0, None, []
+    for label, key, note in stages:
+        count = _stat(stats, key)
+        share = f"{count / previous:.0%}" if isinstance(count, int) and previous else ""
+        width = 100 * count / total if isinstance(count, int) and total else 0
+        rows.append(f'<tr><th>{_e(label)}</th><td class="count">{_cell(count)}</td><td class="count">{share}</td>'
+                    f'<td class="bar"><span style="width: {width:.0f}%"></span></td><td>{_e(note)}</td></tr>')
+        previous = count if isinstance(count, int) else None
+    failures = _stat(stats, "failed", "by_error") or {}
+    facts = [("records", f"t1.jsonl {n('records', 't1')}, t2.jsonl {n('records', 't2')} ({n('format')} format)"),
+             ("teacher", f"model server {n('model_server')}"),
+             ("tokens", f"{n('tokens', 'prompt')} prompt, {n('tokens', 'completion')} completion"),
+             ("failed instances", n("failed", "instances") + "".join(f"; {error}: {count}"
+                                                                    for error, count in failures.items())),
+             ("failed commits", n("commits", "failed")), ("Airflow run", n("run_id"))]
+    return (f'<table class="funnel"><thead><tr><th>stage</th><th>count</th><th>of previous</th><th></th>'
+            f'<th>notes</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{_key_values(facts)}')
 
 
 def _dataset(request: Request, root: Path, repo: str, run: str) -> str:
-    """Links to the dataset's files and its plots, those that exist (older runs have no card, Parquet or plots)."""
-    folder = RunStore(root, repo, run).dataset_dir
+    """Links to the dataset's files and every plot it has (older runs have no card, Parquet or plots)."""
+    names = runs.dataset_files(root, repo, run)
     links = " · ".join(_link(_url(request, repo, run, "dataset", name), label)
-                       for name, label in DATASET_FILES.items() if (folder / name).is_file())
-    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in PLOTS if (folder / name).is_file()]
+                       for name, label in DATASET_FILES.items() if name in names)
+    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in names if name.endswith(".png")]
     plots = "".join(f'<a href="{src}"><img src="{src}" alt="{_e(name)}"></a>' for name, src in sources)
     return f'<h2>Dataset</h2><p>{links or _missing()}</p><div class="plots">{plots}</div>'
 
 
-def _flatten(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """stats.json's nested counts ({"records": {"t1": 2}}) as dotted keys ("records.t1")."""
-    for key, value in data.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+def _synthetic_pr(request: Request, repo: str, run: str, status: runs.InstanceStatus) -> str:
+    """yes/no, or which instance's identical patch got the PR instead."""
+    if status.duplicate_of:
+        return "no: duplicate of " + _link(_url(request, repo, run, status.duplicate_of), status.duplicate_of)
+    return _cell(status.synthetic_pr)
+
+
+def _verdict(verdict: dict | None) -> str:
+    """Rollout two's soft verification in one sentence: what share of P1's changed lines P2 has, against what."""
+    if not verdict:
+        return f"<p>{_missing()}</p>"
+    outcome = "resolved" if verdict.get("resolved") else "not resolved"
+    return (f"<p>Recall <b>{_cell(verdict.get('recall'))}</b> of P1's {_cell(verdict.get('target_lines'))} changed "
+            f"lines (P2 changes {_cell(verdict.get('produced_lines'))}), threshold {_cell(verdict.get('threshold'))}: "
+            f"<b>{outcome}</b>.</p>")
 
 
 def _stat(stats: dict | None, *keys: str) -> Any:
@@ -282,7 +346,7 @@ def _trajectory(messages: list[runs.Message] | None) -> str:
     items = []
     for number, message in enumerate(messages, 1):
         calls = "".join(f"<pre>{_e(call)}</pre>" for call in message.tool_calls)
-        command = f"<code>{_e(message.tool_calls[0][:80])}</code>" if message.tool_calls else ""
+        command = f"<code>{_e(_short(message.tool_calls[0], 80))}</code>" if message.tool_calls else ""
         items.append(f"<details><summary>#{number} <b>{_e(message.role)}</b> {_e(_preview(message.content))}"
                      f"{command}</summary>"
                      f"<pre>{_e(message.content)}</pre>{calls}</details>")
@@ -294,8 +358,12 @@ def _preview(content: str) -> str:
     kept as `[exit N]`, so that the collapsed list tells the turns apart."""
     code = _RETURNCODE.search(content)
     lines = (_TAG.sub("", line).strip() for line in _RETURNCODE.sub("", content).splitlines())
-    text = next((line for line in lines if line), "")
-    return ((f"[exit {code.group(1)}] " if code else "") + text)[:100]
+    return _short((f"[exit {code.group(1)}] " if code else "") + next((line for line in lines if line), ""), 100)
+
+
+def _short(text: str, limit: int) -> str:
+    """At most about `limit` characters, cut after a whole word."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _page(request: Request, title: str, crumbs: list[tuple[str, str]], body: str, *, badge: str | None = None,

@@ -7,6 +7,8 @@
     sera stats tinyledger try-1
     sera pools --out pools.json && airflow pools import pools.json
     sera curate var/store/tinyledger/runs/*/dataset --out curated --filter long_edit=40 --subsample repo:500
+    sera scrape-issues acme/ledger -n 200 --labels bug --out ledger-issues.json   then synth.demo_issues: that file
+    sera push-dataset var/store/tinyledger/runs/<run id>/dataset --repo-id acme/ledger-sft --dry-run
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from sera_ops import curate
-from sera_ops.config import ConfigError, RepoSpec, check_references, load_platform, load_repo, load_repos
+from sera_ops import curate, dataset_card, demo_issues
+from sera_ops.config import (
+    ConfigError,
+    GitHubDemoIssues,
+    RepoSpec,
+    check_references,
+    load_platform,
+    load_repo,
+    load_repos,
+)
+from sera_ops.demo_issues import DemoIssuesError
 from sera_ops.errors import PermanentError
 from sera_ops.images import ImageBuildError
 from sera_ops.mirror import MirrorError
@@ -32,7 +43,7 @@ from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
 from sera_ops.sources import SourceError
 from sera_ops.store import RunStore, atomic_write_text
 
-USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError)
+USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError, DemoIssuesError)
 """Problems the user can fix (configuration, sources, images, the teacher): one line on stderr, no traceback."""
 
 
@@ -110,6 +121,24 @@ def _curate(args: argparse.Namespace) -> int:
         print(f"{step['name']:<13}  {counts}")
     print(f"{'records':<13}  " + ", ".join(f"{split}.jsonl {n}" for split, n in report["records"].items()))
     print(f"dataset: {args.out}")
+    return 0
+
+
+def _scrape_issues(args: argparse.Namespace) -> int:
+    source = GitHubDemoIssues(github=args.repo, max_issues=args.n, labels=args.labels, api_url=args.api_url)
+    issues = demo_issues.scrape(source, load_platform(args.platform).github)
+    atomic_write_text(args.out, json.dumps([issue.text for issue in issues], indent=2, ensure_ascii=False) + "\n")
+    print(f"{len(issues)} closed issue(s) of {args.repo} written to {args.out} (use the file as synth.demo_issues)")
+    return 0
+
+
+def _push_dataset(args: argparse.Namespace) -> int:
+    files = dataset_card.push_dataset(args.dataset, args.repo_id, private=not args.public, dry_run=args.dry_run)
+    visibility = "public" if args.public else "private"
+    print(f"{'would upload' if args.dry_run else 'uploaded'} {len(files)} file(s) to the {visibility} dataset "
+          f"https://huggingface.co/datasets/{args.repo_id}")
+    for path in files:
+        print(f"  {path.name:<12}  {path.stat().st_size:>10} bytes")
     return 0
 
 
@@ -284,6 +313,23 @@ def parser() -> argparse.ArgumentParser:
     curation.add_argument("--tokenizer", type=Path,
                           help="local Hugging Face tokenizer directory (default: a word-piece estimate)")
     curation.set_defaults(func=_curate)
+    scrape = commands.add_parser("scrape-issues", parents=[common],
+                                 help="a repository's closed issues (PRs excluded, templates removed) as a "
+                                      "synth.demo_issues file; token: the platform's github.token, else $GITHUB_TOKEN")
+    scrape.add_argument("repo", metavar="OWNER/REPO")
+    scrape.add_argument("-n", type=int, default=500, help="at most this many issues, newest first (default: 500)")
+    scrape.add_argument("--out", type=Path, required=True, help="JSON file to write (a list of issue texts)")
+    scrape.add_argument("--api-url", help="GitHub API (default: the platform's github.api_url or api.github.com)")
+    scrape.add_argument("--labels", type=lambda text: [label.strip() for label in text.split(",") if label.strip()],
+                        default=[], metavar="A,B", help="only issues carrying all of these labels")
+    scrape.set_defaults(func=_scrape_issues)
+    push = commands.add_parser("push-dataset", help="upload a run's dataset/ folder to a Hugging Face Hub dataset "
+                                                    "repository (token: $HF_TOKEN or `hf auth login`)")
+    push.add_argument("dataset", type=Path, metavar="RUN_DATASET_DIR")
+    push.add_argument("--repo-id", required=True, metavar="ORG/NAME")
+    push.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    push.add_argument("--dry-run", action="store_true", help="list the files and the target; upload nothing")
+    push.set_defaults(func=_push_dataset)
     return root
 
 

@@ -89,11 +89,21 @@ class ModelServer(_Strict):
     base_url: HttpUrl
     model: str
     concurrency: int = Field(4, ge=1, le=256)
+    episodes_per_slot: int = Field(2, ge=1, le=16)
+    """Agent episodes per request slot: an episode spends part of its time running commands in its sandbox, so a
+    batch task runs `concurrency` × this many episodes to keep all `concurrency` request slots busy."""
     parallel_batches: int = Field(2, ge=1, le=256)
     api_key: SecretRef | None = None
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0, le=20)
     tool_calls: bool = True
+    price_per_mtok_in: float = Field(0.0, ge=0)
+    price_per_mtok_out: float = Field(0.0, ge=0)
+    """USD per million prompt / completion tokens, for a hosted teacher's cost and `cost_limits` (0: free, e.g.
+    self-hosted). Cached-prompt discounts are not modelled, so a cost is an upper bound."""
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_per_mtok_in + completion_tokens * self.price_per_mtok_out) / 1e6
 
 
 
@@ -225,6 +235,23 @@ class RolloutSettings(_Strict):
     command_timeout_s: float = Field(60.0, gt=0)
 
 
+class CostLimits(_Strict):
+    """Spending caps on hosted teachers (priced by `price_per_mtok_in`/`_out`), in USD; None: no cap. An instance's
+    spend counts every call made for it (agent, judge, writer, every attempt and retry)."""
+
+    per_instance_usd: float | None = Field(None, gt=0)
+    """An instance that reaches it gets no further calls: its episode ends as `cost_limited`."""
+    per_run_usd: float | None = Field(None, gt=0)
+    """Once the run's spend reaches it, no further instance is started (those in flight finish)."""
+
+    @model_validator(mode="after")
+    def _instance_within_run(self) -> CostLimits:
+        if self.per_instance_usd and self.per_run_usd and self.per_instance_usd > self.per_run_usd:
+            raise _FieldProblem("cost_limits.per_instance_usd",
+                                f"{self.per_instance_usd:g} is more than per_run_usd ({self.per_run_usd:g})")
+        return self
+
+
 class GitHubDemoIssues(_Strict):
     """A GitHub repository whose own issues become the PR writer's demonstrations (SERA's scrape_github.py), so the
     synthetic PRs read like the issues its users actually file. Fetched once, then cached in the repository's store."""
@@ -318,6 +345,7 @@ class BatchSettings(_Strict):
 IMAGE_SOURCES = ("swebench", "swesmith", "images")
 """`source` values naming existing images instead of a git repository; each reads its own section of the file."""
 SWEBENCH_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__[A-Za-z0-9_.-]+-[0-9]+$")
+SERVER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 SWESMITH_REPO_NAME = re.compile(r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9-]*)__(?P<repo>[A-Za-z0-9_.-]+)\."
                                 r"(?P<commit>[0-9a-f]{8})$")
 
@@ -409,7 +437,12 @@ class RepoSpec(_Strict):
     insts_per_fn: int = Field(1, ge=1)
     seed: int = 0
     model_server: str | None = None
+    model_servers: Annotated[list[str], AfterValidator(_no_duplicates), _all_match(
+        SERVER_NAME, "a model server name usable in a task group id (letters, digits, '_', '.', '-')")] = []
+    """Teachers this repository's batches are spread over (default: [model_server]; the first is its main one); one
+    batch group each in the DAG."""
     rollout: RolloutSettings = RolloutSettings()
+    cost_limits: CostLimits = CostLimits()
     sandbox: SandboxLimits = SandboxLimits()
     synth: SynthSettings = SynthSettings()
     verify: VerifySettings = VerifySettings()
@@ -446,6 +479,13 @@ class RepoSpec(_Strict):
         for index, place in enumerate(places):
             if place in places[:index]:
                 raise _FieldProblem(f"images.{index}", f"{place[0]} at {place[1]} is listed twice")
+        return self
+
+    @model_validator(mode="after")
+    def _primary_server_listed(self) -> RepoSpec:
+        if self.model_server and self.model_servers and self.model_server != self.model_servers[0]:
+            raise _FieldProblem("model_server", f"'{self.model_server}' is not the first of model_servers "
+                                                f"({', '.join(self.model_servers)}); give only model_servers")
         return self
 
     @property
@@ -530,7 +570,9 @@ def load_repo(path: Path | str, platform: PlatformConfig) -> RepoSpec:
         raise _as_config_error(path, exc) from None
     if spec.name != path.stem:
         raise ConfigError(path, "name", f"must match the file name '{path.stem}' (one file = one repository = one DAG)")
-    for field_name, server in (("model_server", spec.model_server), ("synth.model_server", spec.synth.model_server)):
+    named = [("model_server", spec.model_server), ("synth.model_server", spec.synth.model_server),
+             *((f"model_servers.{index}", server) for index, server in enumerate(spec.model_servers))]
+    for field_name, server in named:
         if server is not None and server not in platform.model_servers:
             raise ConfigError(path, field_name, f"'{server}' is not defined in {platform.source_file} "
                               f"(model_servers: {', '.join(sorted(platform.model_servers))})")
@@ -540,7 +582,8 @@ def load_repo(path: Path | str, platform: PlatformConfig) -> RepoSpec:
         "source": resolve_source(spec.source, base),
         "synth": synth,
         "owner": spec.owner or platform.defaults.owner,
-        "model_server": spec.model_server or platform.defaults.model_server,
+        "model_server": spec.model_server or (spec.model_servers or [platform.defaults.model_server])[0],
+        "model_servers": spec.model_servers or [spec.model_server or platform.defaults.model_server],
         "source_file": path.resolve(),
     })
 

@@ -5,25 +5,63 @@ threshold. A rollout-one patch that another instance already made was collapsed 
 `duplicate.json` names the owner, as SERA deduplicated before stage two) and appears in neither. Records are
 ordered by instance id, so a re-run writes identical files.
 An instance that was due a stage (rollout one always, the PR when judged good, rollout two when it got a PR) but has
-no output from it failed there; stats.json counts those per stage with the most common errors.
+no output from it failed there; stats.json counts those per stage with the most common errors. An instance the run's
+cost limit kept from starting (`not_started.json`) is counted as `not_started`, not as failed.
+
+`usage` sums the teacher calls, tokens and cost recorded with each instance per stage and kind of call (rollout one's
+agent and judge, the writer, rollout two's agent), per server and in all; `cost_usd` is its total. `spent_usd` is the
+run's spend ledger, which `cost_limits.per_run_usd` is checked against: it also counts failed tries.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Any
 
 from sera_ops.dataset_card import write_dataset_card
 from sera_ops.postprocess import PostprocessOptions, trajectory_to_record
 from sera_ops.rollouts import Rollout
 from sera_ops.store import RunStore, atomic_write_jsonl, read_json
+from sera_ops.teachers import COST_LIMITED, SpendLedger
 from sera_ops.verify import changed_lines
 
 COUNTED = ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted", "judged_good",
            "duplicate_patches", "synthetic_prs", "rollout_two", "rollout_two_submitted", "verified",
-           "rollout1_errors", "synth_errors", "rollout2_errors")
+           "rollout1_errors", "synth_errors", "rollout2_errors", COST_LIMITED, "not_started")
 STAGES = ("rollout1", "synth", "rollout2")
 TOP_ERRORS = 3
+USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "cost_usd")
+CALL_KINDS = {"rollout1": ("agent", "judge"), "synth": ("writer",), "rollout2": ("agent",)}
+
+
+class _Usage:
+    """Teacher calls, tokens and cost summed per stage and kind of call, per server, and in all."""
+
+    def __init__(self) -> None:
+        self.by_stage = {stage: {kind: Counter() for kind in kinds} for stage, kinds in CALL_KINDS.items()}
+        self.by_server: dict[str, Counter] = {}
+        self.total: Counter = Counter()
+
+    def add(self, stage: str, kind: str, usage: dict[str, Any]) -> None:
+        amounts = {key: usage.get(key, 0) for key in USAGE_FIELDS}  # records from before costs lack cost_usd
+        server = self.by_server.setdefault(usage.get("server") or "unknown", Counter())
+        for tally in (self.by_stage[stage][kind], server, self.total):
+            tally.update(amounts)
+
+    def add_agent(self, stage: str, rollout: Rollout) -> None:
+        self.add(stage, "agent", {"server": rollout.server, "calls": rollout.model_calls,
+                                  "prompt_tokens": rollout.prompt_tokens,
+                                  "completion_tokens": rollout.completion_tokens, "cost_usd": rollout.cost_usd})
+
+    def to_dict(self) -> dict[str, Any]:
+        def rounded(tally: Counter) -> dict[str, Any]:
+            return {key: round(tally[key], 6) if key == "cost_usd" else tally[key] for key in USAGE_FIELDS}
+
+        return {"total": rounded(self.total),
+                "by_stage": {stage: {kind: rounded(tally) for kind, tally in kinds.items()}
+                             for stage, kinds in self.by_stage.items()},
+                "by_server": {name: rounded(tally) for name, tally in sorted(self.by_server.items())}}
 
 
 def _failure(store: RunStore, instance_id: str, stage: str) -> tuple[str, str]:
@@ -33,11 +71,19 @@ def _failure(store: RunStore, instance_id: str, stage: str) -> tuple[str, str]:
     return stage, reason
 
 
+def _cost_limited(store: RunStore, instance_id: str, rollout_one: dict) -> bool:
+    """Whether the instance's cost limit stopped any of its stages."""
+    synthesis = store.read_json(store.instance_file(instance_id, "synth.json")) or {}
+    two = store.read_json(store.instance_file(instance_id, "rollout2.json"))
+    return bool(rollout_one.get(COST_LIMITED) or synthesis.get(COST_LIMITED) or
+                (two and Rollout.from_dict(two).cost_limited))
+
+
 def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict:
     """Write the dataset files and return the statistics (also written as stats.json), `header` first."""
     instances = sorted(store.read_json(store.path("instances.json"), []), key=lambda r: r["instance_id"])
     counts: Counter[str] = Counter()
-    tokens: Counter[str] = Counter()
+    usage = _Usage()
     failures: list[tuple[str, str]] = []
     t1, t2, recalls = [], [], []
     for record in instances:
@@ -47,15 +93,19 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
                       if store.instance_file(iid, f"{stage}.error.json").exists())
         one = store.read_json(store.instance_file(iid, "rollout1.json"))
         if not one:
-            failures.append(_failure(store, iid, "rollout1"))
+            if store.instance_file(iid, "not_started.json").exists():
+                counts["not_started"] += 1
+            else:
+                failures.append(_failure(store, iid, "rollout1"))
             continue
         final = Rollout.from_dict(one["final"])
         counts["rollout_one"] += 1
         counts["rollout_one_attempts"] += len(one["attempts"])
         counts["rollout_one_submitted"] += final.submitted
         for attempt in one["attempts"]:
-            tokens["prompt"] += attempt["rollout"]["prompt_tokens"]
-            tokens["completion"] += attempt["rollout"]["completion_tokens"]
+            usage.add_agent("rollout1", Rollout.from_dict(attempt["rollout"]))
+        usage.add("rollout1", "judge", one["judge_usage"])
+        counts[COST_LIMITED] += _cost_limited(store, iid, one)
         if not one["is_good_patch"]:
             continue
         counts["judged_good"] += 1
@@ -69,15 +119,17 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
             failures.append(_failure(store, iid, "synth"))
             continue
         counts["synthetic_prs"] += bool(synthesis["synth_pr"])
+        if "writer_usage" in synthesis:  # not in records from before writer usage was kept
+            usage.add("synth", "writer", synthesis["writer_usage"])
         two = store.read_json(store.instance_file(iid, "rollout2.json"))
         if not two:
             if synthesis["synth_pr"]:
                 failures.append(_failure(store, iid, "rollout2"))
             continue
+        second = Rollout.from_dict(two)
         counts["rollout_two"] += 1
-        counts["rollout_two_submitted"] += Rollout.from_dict(two).submitted
-        tokens["prompt"] += two["prompt_tokens"]
-        tokens["completion"] += two["completion_tokens"]
+        counts["rollout_two_submitted"] += second.submitted
+        usage.add_agent("rollout2", second)
         verdict = store.read_json(store.instance_file(iid, "verdict.json"))
         if verdict is None:
             continue
@@ -97,7 +149,9 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         "failed": {"instances": len(failures), **{stage: failed_at[stage] for stage in STAGES},
                    "by_error": dict(Counter(f"{stage}: {reason}" for stage, reason in failures)
                                     .most_common(TOP_ERRORS))},
-        "tokens": dict(tokens),
+        "usage": usage.to_dict(),
+        "cost_usd": round(usage.total["cost_usd"], 6),
+        "spent_usd": round(SpendLedger(store.path("spend")).total(), 6),
         "records": {"t1": atomic_write_jsonl(out / "t1.jsonl", t1), "t2": atomic_write_jsonl(out / "t2.jsonl", t2)},
         "dataset_dir": str(out),
     }

@@ -10,6 +10,7 @@ nor later runs ask GitHub again. The token travels in a header only: it is never
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.github.com"
 CACHE_FILE = "demo_issues.json"
+TOKEN_ENV = "GITHUB_TOKEN"
 SCAN_FACTOR = 10
 """List at most this many items per wanted issue: GitHub's issue listing includes pull requests, which are skipped."""
 CONFIG_STATUSES = (401, 404, 410, 422)
@@ -91,6 +93,16 @@ def endpoint(source: GitHubDemoIssues, platform_github: MirrorSettings | None,
     if platform_github is not None and api_url == platform_url:
         return api_url, resolve_secret(platform_github.token, connection_lookup)
     return api_url, None
+
+
+def scrape(source: GitHubDemoIssues, platform_github: MirrorSettings | None) -> list[DemoIssue]:
+    """`sera scrape-issues`: the issues `fetch` keeps, for a `synth.demo_issues` file. The token is the platform's
+    `github.token` for its own API URL, or $GITHUB_TOKEN when the platform mirrors nowhere (as the `gh` tool reads it):
+    never one platform's token sent to another GitHub."""
+    api_url, token = endpoint(source, platform_github)
+    if platform_github is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    return fetch(source, api_url, token)
 
 
 def cached_pool(source: GitHubDemoIssues, api_url: str, token: str | None, cache_path: Path,

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup,
 from sera_ops.errors import PermanentError
 from sera_ops.rollouts import Rollout, redact, run_episode
 from sera_ops.store import RunStore, claim, read_json
-from sera_ops.teachers import TeacherClient, preflight
+from sera_ops.teachers import Budget, SpendLedger, TeacherClient, TeacherUnreachable, preflight, spend_ledger
 from sera_ops.verify import verify
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class RunParams:
     commits: list[str] = field(default_factory=list)
     max_functions: int | None = None
     model_server: str | None = None
+    model_servers: list[str] = field(default_factory=list)
     threshold: float | None = None
     incremental: bool | None = None
 
@@ -63,7 +64,8 @@ class RunParams:
     def from_dict(cls, data: dict[str, Any] | None) -> RunParams:
         data = data or {}
         return cls(commits=list(data.get("commits") or []), max_functions=data.get("max_functions") or None,
-                   model_server=data.get("model_server") or None, threshold=data.get("threshold"),
+                   model_server=data.get("model_server") or None,
+                   model_servers=list(data.get("model_servers") or []), threshold=data.get("threshold"),
                    incremental=data.get("incremental"))
 
 
@@ -74,25 +76,49 @@ class RunContext:
     store: RunStore
     params: RunParams = field(default_factory=RunParams)
     connection_lookup: SecretLookup | None = None
+    batch_server: str | None = None
+    """The server one batch task talks to (`for_batch`); None: the run's first."""
 
     @classmethod
     def create(cls, platform: PlatformConfig, spec: RepoSpec, run_id: str, params: RunParams | None = None,
                connection_lookup: SecretLookup | None = None) -> RunContext:
         params = params or RunParams()
-        if params.model_server:
+        if params.model_server and params.model_servers:
+            raise InvalidParam("params 'model_server' and 'model_servers' both given; give one of them")
+        named = [("model_server", params.model_server)] + [("model_servers", name) for name in params.model_servers]
+        for param, server in named:
             try:
-                platform.server(params.model_server)  # fail fast, naming the configured servers
+                if server:
+                    platform.server(server)  # fail fast, naming the configured servers
             except ValueError as exc:
-                raise InvalidParam(f"param 'model_server': {exc}") from None
+                raise InvalidParam(f"param '{param}': {exc}") from None
         return cls(platform, spec, RunStore(platform.storage_root, spec.name, run_id), params, connection_lookup)
 
     @property
+    def server_names(self) -> list[str]:
+        """The model servers this run spreads its batches over, in order of preference for moved batches."""
+        if self.params.model_servers:
+            return self.params.model_servers
+        if self.params.model_server:
+            return [self.params.model_server]
+        return self.spec.model_servers or [self.spec.model_server or self.platform.defaults.model_server]
+
+    @property
     def server_name(self) -> str:
-        return self.params.model_server or self.spec.model_server or self.platform.defaults.model_server
+        return self.batch_server or self.server_names[0]
+
+    def for_batch(self, batch_id: str) -> RunContext:
+        """This context on the server `make_batches` assigned to the batch (the run's first for an unknown batch)."""
+        return replace(self, batch_server=_batch_plan(self).get(batch_id, {}).get("server"))
 
     @property
     def server(self) -> ModelServer:
         return self.platform.server(self.server_name)
+
+    @property
+    def episodes(self) -> int:
+        """Instances a batch task works on at once: enough to keep every request slot of the server busy."""
+        return self.server.concurrency * self.server.episodes_per_slot
 
     @property
     def threshold(self) -> float:
@@ -118,11 +144,43 @@ class RunContext:
     def api_key(self) -> str | None:
         return resolve_secret(self.server.api_key, self.connection_lookup)
 
-    def synth_client(self) -> TeacherClient:
-        """The judge's and PR writer's client: on `synth.model_server` when the repository sets one, else on the
-        agent's server (including a `model_server` param's)."""
-        server = self.platform.server(self.spec.synth.model_server or self.server_name)
-        return TeacherClient(server, resolve_secret(server.api_key, self.connection_lookup))
+    def synth_client(self, budget: Budget | None = None) -> TeacherClient:
+        """The judge's and PR writer's client for one instance (its usage is the instance's own, charged to its
+        budget): on `synth.model_server` when the repository sets one, else on the agent's server (including a
+        `model_server` param's)."""
+        name = self.spec.synth.model_server or self.server_name
+        server = self.platform.server(name)
+        return TeacherClient(server, resolve_secret(server.api_key, self.connection_lookup), name=name, budget=budget)
+
+    @property
+    def ledger(self) -> SpendLedger:
+        return spend_ledger(self.store.path("spend"))
+
+    @contextmanager
+    def spending(self, instance_id: str, stage: str) -> Iterator[Budget]:
+        """The instance's budget for one stage (`cost_limits.per_instance_usd`, less what its earlier stages and
+        tries spent); what the stage spent goes to the run's ledger on the way out, also when it fails."""
+        limit = self.spec.cost_limits.per_instance_usd
+        budget = Budget(limit, self.ledger.spent(instance_id) if limit else 0.0)
+        try:
+            yield budget
+        finally:
+            self.ledger.record(instance_id, stage, budget.added_usd)
+
+    def may_start(self, instance_id: str) -> bool:
+        """Whether the run's spend leaves room to start this instance (`cost_limits.per_run_usd`); when not, its
+        `not_started.json` and the log say why. Instances already under way finish, within their own limits."""
+        limit = self.spec.cost_limits.per_run_usd
+        if limit is None:
+            return True
+        marker, spent = self.store.instance_file(instance_id, "not_started.json"), self.ledger.total()
+        if spent < limit:
+            marker.unlink(missing_ok=True)  # from an earlier try under a lower limit
+            return True
+        reason = f"the run has spent ${spent:.4f}, its limit is ${limit:g} (cost_limits.per_run_usd)"
+        log.warning("instance %s not started: %s", instance_id, reason)
+        self.store.write_json(marker, {"reason": reason, "spent_usd": round(spent, 6)})
+        return False
 
     def registry_password(self) -> str | None:
         return resolve_secret(self.platform.registry.credentials, self.connection_lookup)
@@ -160,7 +218,8 @@ def select_commits(ctx: RunContext) -> list[str]:
                                                           "skipped_as_seen": skipped})
     ctx.store.write_json(ctx.store.path("manifest.json"), {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "params": asdict(ctx.params),
-        "model_server": ctx.server_name, "threshold": ctx.threshold, "incremental": ctx.incremental,
+        "model_server": ctx.server_name, "model": ctx.server.model, "threshold": ctx.threshold,
+        "incremental": ctx.incremental,
         "repo_config": ctx.spec.model_dump(mode="json"), "repo_config_file": str(ctx.spec.source_file)})
     log.info("repo %s: %d commits selected: %s", ctx.spec.name, len(chosen), ", ".join(c[:12] for c in chosen))
     return chosen
@@ -327,22 +386,37 @@ def sample(ctx: RunContext) -> int:
 
 
 def make_batches(ctx: RunContext) -> list[str]:
-    """The run's batches (see `planner`); written once, so a retried or cleared task keeps the same split."""
-    existing = ctx.store.read_json(ctx.store.path("batches.json"))
-    if existing is not None:
+    """The run's batches, each with its model server (see `planner.plan_servers`); written once, so a retried or
+    cleared task keeps the same split and server."""
+    existing = _batch_plan(ctx)
+    if existing:
         return list(existing)
     instances = [functions.Instance.from_dict(r) for r in ctx.store.read_json(ctx.store.path("instances.json"), [])]
     settings = ctx.spec.batching
-    batches = planner.plan_batches(instances, settings.batch_size, settings.max_batches, ctx.server.concurrency)
+    servers = {name: ctx.platform.server(name) for name in ctx.server_names}
+    batches = planner.plan_servers(instances, settings.batch_size, settings.max_batches, servers)
     ctx.store.write_json(ctx.store.path("batches.json"), batches)
     return list(batches)
+
+
+def _batch_plan(ctx: RunContext) -> dict[str, dict]:
+    """batches.json: batch id → {"server", "instances"}."""
+    return ctx.store.read_json(ctx.store.path("batches.json"), {})
+
+
+def batches_on(ctx: RunContext, lane: str) -> list[str]:
+    """The batches the DAG's batch group of `lane` (one of the repository's `model_servers`, whose pool it uses) runs:
+    those assigned to it, and in the first lane those on a server the repository does not list (a run param's)."""
+    lanes = ctx.spec.model_servers
+    return [batch_id for batch_id, batch in _batch_plan(ctx).items()
+            if (batch["server"] if batch["server"] in lanes else lanes[0]) == lane]
 
 
 # ---------------------------------------------------------------- per-batch stages
 
 
 def _instances(ctx: RunContext, batch_id: str) -> list[functions.Instance]:
-    wanted = set(ctx.store.read_json(ctx.store.path("batches.json"), {}).get(batch_id, []))
+    wanted = set(_batch_plan(ctx).get(batch_id, {}).get("instances", []))
     records = ctx.store.read_json(ctx.store.path("instances.json"), [])
     return [functions.Instance.from_dict(r) for r in records if r["instance_id"] in wanted]
 
@@ -388,6 +462,8 @@ def _for_each(ctx: RunContext, batch_id: str, steps: list[Step]) -> dict:
     secrets, tally = ctx.secrets(), _Tally()
 
     def flow(instance: functions.Instance) -> str | None:
+        if not ctx.may_start(instance.instance_id):
+            return None
         for step in steps:
             if not step.eligible(instance):
                 continue
@@ -408,7 +484,7 @@ def _for_each(ctx: RunContext, batch_id: str, steps: list[Step]) -> dict:
 
     started, errors = time.monotonic(), []
     every = max(1, len(instances) // 10)
-    with ThreadPoolExecutor(max_workers=ctx.server.concurrency, thread_name_prefix=f"{batch_id}-") as pool:
+    with ThreadPoolExecutor(max_workers=ctx.episodes, thread_name_prefix=f"{batch_id}-") as pool:
         for done, error in enumerate(as_completed(pool.submit(flow, i) for i in instances), start=1):
             if error.result():
                 errors.append(error.result())
@@ -436,28 +512,30 @@ def _rollout_one_step(ctx: RunContext) -> Step:
     settings = ctx.spec.rollout
 
     def work(instance: functions.Instance) -> None:
-        client = ctx.synth_client()  # one per instance: its usage is this instance's own
-        attempts = []
-        for attempt in range(settings.max_attempts):
-            template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
-                                           attempt=attempt)
-            task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
-            traj_path = ctx.store.instance_file(instance.instance_id, f"rollout1.a{attempt}.traj.json")
-            rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,
-                                  image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
-                                  settings=settings, trajectory_path=traj_path, secrets=secrets,
-                                  template_index=template, **ctx.confinement())
-            judgement = synth.Judgement(is_good_patch=False, answer=None, calls=0)
-            if rollout.patch.strip():
-                steps = synth.agent_steps(read_json(traj_path), ctx.spec.synth.observation_chars)
-                judgement = synth.judge_patch(client, ctx.spec.synth, _first_user_message(traj_path), steps,
-                                              rollout.patch)
-            attempts.append({"rollout": rollout.to_dict(), "judgement": asdict(judgement)})
-            if judgement.is_good_patch:
-                break
-        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout1.json"), {
-            "final": attempts[-1]["rollout"], "is_good_patch": attempts[-1]["judgement"]["is_good_patch"],
-            "attempts": attempts, "judge_usage": client.usage.to_dict()})
+        with ctx.spending(instance.instance_id, "rollout1") as budget:
+            client = ctx.synth_client(budget)
+            attempts = []
+            for attempt in range(settings.max_attempts):
+                template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id,
+                                               "template", attempt=attempt)
+                task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
+                traj_path = ctx.store.instance_file(instance.instance_id, f"rollout1.a{attempt}.traj.json")
+                rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,
+                                      image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
+                                      settings=settings, trajectory_path=traj_path, secrets=secrets,
+                                      template_index=template, server_name=ctx.server_name, budget=budget,
+                                      **ctx.confinement())
+                judgement = synth.Judgement(is_good_patch=False, answer=None, calls=0)
+                if rollout.patch.strip():
+                    steps = synth.agent_steps(read_json(traj_path), ctx.spec.synth.observation_chars)
+                    judgement = synth.judge_patch(client, ctx.spec.synth, _first_user_message(traj_path), steps,
+                                                  rollout.patch)
+                attempts.append({"rollout": rollout.to_dict(), "judgement": asdict(judgement)})
+                if judgement.is_good_patch or budget.exceeded:
+                    break
+            ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout1.json"), {
+                "final": attempts[-1]["rollout"], "is_good_patch": attempts[-1]["judgement"]["is_good_patch"],
+                "attempts": attempts, "judge_usage": client.usage.to_dict(), "cost_limited": budget.exceeded})
 
     return Step("rollout1", "rollout1.json", _always, work)
 
@@ -496,9 +574,12 @@ def _synth_step(ctx: RunContext) -> Step:
         final = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
         steps = synth.agent_steps(read_json(ctx.store.instance_file(instance.instance_id, final.trajectory_file)),
                                   ctx.spec.synth.observation_chars)
-        result = synth.write_synthetic_pr(ctx.synth_client(), ctx.spec.synth, instance.instance_id, steps,
-                                          final.patch, pool, ctx.spec.seed)
-        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "synth.json"), result.to_dict())
+        with ctx.spending(instance.instance_id, "synth") as budget:
+            client = ctx.synth_client(budget)
+            result = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, final.patch, pool,
+                                              ctx.spec.seed)
+        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "synth.json"),
+                             {**result.to_dict(), "writer_usage": client.usage.to_dict()})
 
     return Step("synth", "synth.json", eligible, work)
 
@@ -513,11 +594,12 @@ def _rollout_two_step(ctx: RunContext) -> Step:
 
     def work(instance: functions.Instance) -> None:
         pr = read_json(ctx.store.instance_file(instance.instance_id, "synth.json"))["synth_pr"]
-        rollout = run_episode(instance_id=instance.instance_id, stage=2, attempt=0, task=pr,
-                              image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
-                              settings=ctx.spec.rollout,
-                              trajectory_path=ctx.store.instance_file(instance.instance_id, "rollout2.traj.json"),
-                              secrets=secrets, **ctx.confinement())
+        with ctx.spending(instance.instance_id, "rollout2") as budget:
+            rollout = run_episode(instance_id=instance.instance_id, stage=2, attempt=0, task=pr,
+                                  image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
+                                  settings=ctx.spec.rollout,
+                                  trajectory_path=ctx.store.instance_file(instance.instance_id, "rollout2.traj.json"),
+                                  secrets=secrets, server_name=ctx.server_name, budget=budget, **ctx.confinement())
         ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"), rollout.to_dict())
 
     return Step("rollout2", "rollout2.json", eligible, work)
@@ -539,19 +621,44 @@ def _verify_step(ctx: RunContext) -> Step:
     return Step("verify", None, eligible, work)
 
 
-def _teacher_answers(ctx: RunContext) -> None:
-    """Fail fast, naming the server and its URL, when a teacher does not answer at all (not after every instance
-    has used up its retries)."""
-    preflight(ctx.server_name, ctx.server, ctx.api_key())
-    if ctx.spec.synth.model_server and ctx.spec.synth.model_server != ctx.server_name:
-        synth_server = ctx.platform.server(ctx.spec.synth.model_server)
-        preflight(ctx.spec.synth.model_server, synth_server, resolve_secret(synth_server.api_key,
-                                                                             ctx.connection_lookup))
+def _serving(ctx: RunContext, batch_id: str) -> RunContext:
+    """The batch's context on a teacher that answers: its assigned server, else the next of the run's servers that
+    does, so that a dead server's batches move to the others (a warning names it, `moves/<batch>.json` records the
+    move). Fails fast, naming the server and its URL, when none answers or the assigned one refuses the key, not after
+    every instance has used up its retries."""
+    assigned = ctx.for_batch(batch_id).server_name
+    names = ctx.server_names
+    start = names.index(assigned) if assigned in names else 0
+    dead: list[TeacherUnreachable] = []
+    for name in [assigned, *(name for name in names[start:] + names[:start] if name != assigned)]:
+        candidate = replace(ctx, batch_server=name)
+        try:
+            preflight(name, candidate.server, candidate.api_key())
+        except TeacherUnreachable as exc:
+            if exc.permanent and name == assigned:
+                raise
+            log.warning("batch %s: %s", batch_id, exc)
+            dead.append(exc)
+            continue
+        move = ctx.store.path("moves", f"{batch_id}.json")
+        if name == assigned:
+            move.unlink(missing_ok=True)
+        else:
+            log.warning("batch %s: moved from model server '%s' at %s, which does not answer, to '%s' at %s",
+                        batch_id, assigned, ctx.platform.server(assigned).base_url, name, candidate.server.base_url)
+            ctx.store.write_json(move, {"batch": batch_id, "assigned": assigned, "server": name,
+                                        "reason": str(dead[0]), "time": time.time()})
+        synth = ctx.spec.synth.model_server
+        if synth and synth != name:
+            synth_server = ctx.platform.server(synth)
+            preflight(synth, synth_server, resolve_secret(synth_server.api_key, ctx.connection_lookup))
+        return candidate
+    raise dead[0]
 
 
 def rollouts(ctx: RunContext, batch_id: str) -> dict:
     """The batch task: every instance through rollout one (judged), the synthetic PR, rollout two and verification."""
-    _teacher_answers(ctx)
+    ctx = _serving(ctx, batch_id)
     return _for_each(ctx, batch_id, [_rollout_one_step(ctx), _synth_step(ctx), _rollout_two_step(ctx),
                                      _verify_step(ctx)])
 
@@ -562,17 +669,17 @@ def _one_stage(ctx: RunContext, batch_id: str, step: Step) -> dict:
 
 
 def rollout_one(ctx: RunContext, batch_id: str) -> dict:
-    _teacher_answers(ctx)
+    ctx = _serving(ctx, batch_id)
     return _one_stage(ctx, batch_id, _rollout_one_step(ctx))
 
 
 def synthesize(ctx: RunContext, batch_id: str) -> dict:
-    _teacher_answers(ctx)
+    ctx = _serving(ctx, batch_id)
     return _one_stage(ctx, batch_id, _synth_step(ctx))
 
 
 def rollout_two(ctx: RunContext, batch_id: str) -> dict:
-    _teacher_answers(ctx)
+    ctx = _serving(ctx, batch_id)
     return _one_stage(ctx, batch_id, _rollout_two_step(ctx))
 
 

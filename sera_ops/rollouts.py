@@ -1,6 +1,7 @@
 """One agent episode with mini-swe-agent: a task in, a trajectory and a patch out.
 
-An episode ends normally when the agent submits or hits its step, time or format-error limit; anything else (the
+An episode ends normally when the agent submits or hits its step, time or format-error limit, or its instance's
+cost limit (exit status `cost_limited`); anything else (the
 teacher unreachable after the client's retries, a broken sandbox, a work tree the agent made unreadable) raises
 EpisodeError, so the instance is retried rather than recorded as finished. The patch is the sandbox's `git diff` after
 the episode (also when a limit cut it short), not what the agent chose to print; the trajectory is saved with every
@@ -24,7 +25,7 @@ from sera_ops.config import ModelServer, RolloutSettings, SandboxLimits
 from sera_ops.images import ImageRef
 from sera_ops.sandbox import SandboxError, open_sandbox, reap_orphans, trusted_unconfined
 from sera_ops.store import atomic_write_text
-from sera_ops.teachers import AgentModel
+from sera_ops.teachers import COST_LIMITED, AgentModel, Budget
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,17 @@ class Rollout:
     trajectory_file: str
     template_index: int | None = None
     limits_hit: list[str] = field(default_factory=list)
+    server: str = ""
+    """The agent's model server (its name in platform.yaml)."""
+    cost_usd: float = 0.0
 
     @property
     def submitted(self) -> bool:
         return self.exit_status.lower() == "submitted"
+
+    @property
+    def cost_limited(self) -> bool:
+        return self.exit_status == COST_LIMITED
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +87,10 @@ def redact(data: Any, secrets: list[str]) -> Any:
 def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image: ImageRef, server: ModelServer,
                 api_key: str | None, settings: RolloutSettings, trajectory_path: Path, secrets: list[str],
                 template_index: int | None = None, limits: SandboxLimits | None = None, run_id: str | None = None,
-                allow_unconfined_local: bool = False) -> Rollout:
+                allow_unconfined_local: bool = False, server_name: str = "", budget: Budget | None = None) -> Rollout:
     """One episode in a fresh sandbox. `run_id` labels its container (and, on this process's first episode of the
-    run, reaps the run's orphans); `allow_unconfined_local` is the platform's `images.allow_unconfined_local`."""
+    run, reaps the run's orphans); `allow_unconfined_local` is the platform's `images.allow_unconfined_local`;
+    `server_name` names `server` in the record; `budget` is the instance's (its calls are charged to it)."""
     from minisweagent.agents.default import DefaultAgent
 
     if run_id and image.kind == "docker":
@@ -90,7 +99,7 @@ def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image:
     templates = prompts.agent_templates()
     model = AgentModel(server, api_key, temperature=settings.temperature, max_tokens=settings.max_tokens,
                        observation_template=templates["observation_template"],
-                       format_error_template=templates["format_error_template"])
+                       format_error_template=templates["format_error_template"], name=server_name, budget=budget)
     started = time.monotonic()
     error = None
     with open_sandbox(image, command_timeout_s=settings.command_timeout_s, name=f"{instance_id}-r{stage}-a{attempt}",
@@ -119,7 +128,8 @@ def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image:
                    model_calls=model.usage.calls,
                    prompt_tokens=model.usage.prompt_tokens, completion_tokens=model.usage.completion_tokens,
                    duration_s=round(time.monotonic() - started, 3),
-                   trajectory_file=trajectory_path.name, template_index=template_index, limits_hit=limits_hit)
+                   trajectory_file=trajectory_path.name, template_index=template_index, limits_hit=limits_hit,
+                   server=server_name, cost_usd=round(model.usage.cost_usd, 6))
 
 
 def _reap_once(run_id: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sera_ops.store import RunStore, safe_name
+from sera_ops.verify import changed_lines
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class InstanceStatus:
     recall: float | None
     resolved: bool | None
     errors: dict[str, str] = field(default_factory=dict)  # stage -> "ExceptionType: message"
+    duplicate_of: str | None = None  # the instance whose identical rollout-one patch got the synthetic PR instead
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One rollout-one attempt and the judge's verdict on its patch: why an instance took several tries."""
+
+    number: int
+    exit_status: str | None
+    changed_lines: int  # as recall counts them (`verify.changed_lines`); 0: an empty patch, never judged
+    judged_good: bool | None
+    judge_answer: str | None  # what the judge wrote in its <output> tags; None when it never answered in them
+    judge_calls: int
+
+
+@dataclass(frozen=True)
 class InstanceDetail:
     repo: str
     run_id: str
@@ -86,6 +100,7 @@ class InstanceDetail:
     synthetic_pr: str | None
     patch_two: str | None
     verdict: dict | None
+    attempts: list[Attempt]
     trajectory_one: list[Message] | None  # the final rollout-one attempt
     trajectory_two: list[Message] | None
 
@@ -143,8 +158,22 @@ def instance_detail(root: Path, repo: str, run: str, instance_id: str) -> Instan
     return InstanceDetail(
         repo=repo, run_id=run, status=status, task=final.get("task"), patch_one=final.get("patch"),
         synthetic_pr=synth.get("synth_pr"), patch_two=two.get("patch"), verdict=_read(instance_dir / "verdict.json"),
+        attempts=[_attempt(number, a) for number, a in enumerate(one.get("attempts") or []) if isinstance(a, dict)],
         trajectory_one=_messages(_read_trajectory_one(instance_dir, final.get("trajectory_file"))),
         trajectory_two=_messages(trajectory_two))
+
+
+def dataset_files(root: Path, repo: str, run: str) -> list[str]:
+    """The names of the files in a run's `dataset/` (card, Parquet, JSONL, stats and whatever plots it has), sorted;
+    empty until `assemble` made the folder. A file that resolves outside the storage root is left out."""
+    try:
+        folder = _checked(Path(root), repo, "runs", run, "dataset")
+    except NotFound:
+        _checked(Path(root), repo, "runs", run)  # an unknown run is a 404, a run not assembled yet is not
+        return []
+    base = Path(root).resolve()
+    return sorted(p.name for p in folder.iterdir()
+                  if _is_name(p.name) and p.is_file() and p.resolve().is_relative_to(base))
 
 
 # ---------------------------------------------------------------- helpers
@@ -197,6 +226,7 @@ def _status(instances_dir: Path, record: dict) -> InstanceStatus:
     two = _read(instance_dir / "rollout2.json")
     synth = _read(instance_dir / "synth.json")
     verdict = _read(instance_dir / "verdict.json") or {}
+    duplicate = _read(instance_dir / "duplicate.json") or {}
     errors = {}
     for stage in STAGES:
         error = _read(instance_dir / f"{stage}.error.json")
@@ -210,7 +240,16 @@ def _status(instances_dir: Path, record: dict) -> InstanceStatus:
         judged_good=one.get("is_good_patch") if one else None,
         synthetic_pr=bool(synth and synth.get("synth_pr")),
         rollout2_exit_status=two.get("exit_status") if two else None,
-        recall=verdict.get("recall"), resolved=verdict.get("resolved"), errors=errors)
+        recall=verdict.get("recall"), resolved=verdict.get("resolved"), errors=errors,
+        duplicate_of=duplicate.get("duplicate_of"))
+
+
+def _attempt(number: int, attempt: dict) -> Attempt:
+    rollout, judgement = attempt.get("rollout") or {}, attempt.get("judgement") or {}
+    return Attempt(number=rollout.get("attempt", number), exit_status=rollout.get("exit_status"),
+                   changed_lines=len(changed_lines(rollout.get("patch") or "")),
+                   judged_good=judgement.get("is_good_patch"), judge_answer=judgement.get("answer"),
+                   judge_calls=judgement.get("calls", 0))
 
 
 def _read_trajectory_one(instance_dir: Path, trajectory_file: str | None) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sera_ops import prompts
 from sera_ops.config import SynthSettings
-from sera_ops.teachers import TeacherClient
+from sera_ops.teachers import CostLimitReached, TeacherClient
 from sera_ops.verify import changed_lines
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ class Judgement:
     is_good_patch: bool
     answer: str | None
     calls: int
+    cost_limited: bool = False
+    """The instance's cost limit stopped the judge before it answered (the patch then counts as not good)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Synthesis:
     demo_id: str
     """Which demonstration was imitated, e.g. `packaged[3]` or `owner/name#123`: stable when a pool is refreshed."""
     calls: int
+    cost_limited: bool = False
+    """The instance's cost limit stopped the writer before it wrote a PR."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,8 +96,11 @@ def judge_patch(client: TeacherClient, settings: SynthSettings, initial_prompt: 
     answer = None
     for attempt in range(settings.judge_retries):
         kept = steps[len(steps) * attempt // 4:]
-        reply = client.chat(prompts.JUDGE_SYSTEM, prompts.render_judge(initial_prompt, kept, patch),
-                            temperature=settings.temperature, max_tokens=settings.max_tokens)
+        try:
+            reply = client.chat(prompts.JUDGE_SYSTEM, prompts.render_judge(initial_prompt, kept, patch),
+                                temperature=settings.temperature, max_tokens=settings.max_tokens)
+        except CostLimitReached:
+            return Judgement(is_good_patch=False, answer=answer, calls=attempt, cost_limited=True)
         answer = prompts.extract_output(reply)
         if answer is not None:
             return Judgement(is_good_patch=answer.strip().lower() == "yes", answer=answer.strip(), calls=attempt + 1)
@@ -122,8 +129,14 @@ def write_synthetic_pr(client: TeacherClient, settings: SynthSettings, instance_
     demo = pool[demo_index]
     user = prompts.render_synth_pr(steps, patch, demo.text, settings.reveal_location)
     for attempt in range(settings.writer_retries):
-        text = prompts.extract_output(client.chat(prompts.WRITER_SYSTEM, user, temperature=settings.temperature,
-                                                  max_tokens=settings.max_tokens))
+        try:
+            reply = client.chat(prompts.WRITER_SYSTEM, user, temperature=settings.temperature,
+                                max_tokens=settings.max_tokens)
+        except CostLimitReached as exc:
+            log.warning("instance %s: no synthetic PR: %s", instance_id, exc)
+            return Synthesis(instance_id=instance_id, synth_pr=None, demo_index=demo_index, demo_id=demo.id,
+                             calls=attempt, cost_limited=True)
+        text = prompts.extract_output(reply)
         if text and text.strip():
             return Synthesis(instance_id=instance_id, synth_pr=text.strip(), demo_index=demo_index,
                              demo_id=demo.id, calls=attempt + 1)

@@ -3,14 +3,23 @@
 Two users: the judge and PR writer call `TeacherClient.chat`; the agent loop uses `AgentModel`, a mini-swe-agent
 model class on the plain `openai` client (no litellm, so no price-map lookups and no optional `mcp` dependency).
 The API key lives only in the client object: it is never part of a config dump, template variable or trajectory.
+
+Every call is priced at its server's `price_per_mtok_in`/`_out` and charged to its instance's `Budget`, which refuses
+calls once `cost_limits.per_instance_usd` is reached; what each instance's stage spent goes to the run's
+`SpendLedger`, which `cost_limits.per_run_usd` is checked against.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError, OpenAI
@@ -34,27 +43,130 @@ class TeacherUnreachable(RuntimeError):
         self.permanent = permanent
 
 
+COST_LIMITED = "cost_limited"
+"""The exit status of an episode stopped by its instance's cost limit."""
+
+
+class CostLimitReached(RuntimeError):
+    """The instance's spend reached `cost_limits.per_instance_usd`: no further call is made for it."""
+
+
 @dataclass
 class Usage:
-    """Tokens and calls spent; summed per instance and per batch for the run statistics."""
+    """Calls, tokens and their cost on one server (`server`: its name in platform.yaml), for one instance and one
+    kind of call (agent, judge, writer): what the run statistics sum per stage, server and run."""
 
+    server: str = ""
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, response: Any) -> None:
+    def add(self, response: Any, server: ModelServer) -> float:
+        """Count one call; returns its cost at the server's prices."""
         usage = getattr(response, "usage", None)
+        prompt, completion = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
+        cost = server.cost_usd(prompt, completion)
         with self._lock:
             self.calls += 1
-            if usage is not None:
-                self.prompt_tokens += usage.prompt_tokens or 0
-                self.completion_tokens += usage.completion_tokens or 0
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
+            self.cost_usd += cost
+        return cost
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": self.completion_tokens}
+            return {"server": self.server, "calls": self.calls, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
+
+
+class Budget:
+    """One instance's spend (earlier stages and tries included) against its limit, charged by each of its calls in a
+    stage. A call is refused once the limit is reached; the call that crosses it completes, as with mini-swe-agent's
+    `cost_limit`, so an instance overshoots by at most one call."""
+
+    def __init__(self, limit_usd: float | None = None, spent_before_usd: float = 0.0):
+        self.limit_usd, self.spent_before_usd, self.added_usd = limit_usd, spent_before_usd, 0.0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.limit_usd is not None and self.spent_before_usd + self.added_usd >= self.limit_usd
+
+    def check(self) -> None:
+        if self.exceeded:
+            raise CostLimitReached(f"the instance has spent ${self.spent_before_usd + self.added_usd:.4f}, its "
+                                   f"limit is ${self.limit_usd:g} (cost_limits.per_instance_usd)")
+
+    def add(self, usd: float) -> None:
+        self.added_usd += usd
+
+
+class SpendLedger:
+    """The run's spend on priced teachers: one append-only file per process (`<host>-<pid>.jsonl`, a line per
+    instance and stage), so parallel batch tasks never write the same file and need no lock on any filesystem. A
+    reader sums only what was appended since it last looked, and only whole lines."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._offsets: dict[str, int] = {}
+        self._by_instance: Counter[str] = Counter()
+        self._total = 0.0
+
+    def record(self, instance_id: str, stage: str, usd: float) -> None:
+        if usd <= 0:
+            return
+        line = json.dumps({"instance": instance_id, "stage": stage, "usd": round(usd, 9)}) + "\n"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        own_file = self.directory / f"{socket.gethostname()}-{os.getpid()}.jsonl"  # at write time: safe across fork
+        with self._lock, own_file.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+
+    def total(self) -> float:
+        with self._lock:
+            self._read_new()
+            return self._total
+
+    def spent(self, instance_id: str) -> float:
+        with self._lock:
+            self._read_new()
+            return self._by_instance[instance_id]
+
+    def _read_new(self) -> None:
+        for path in sorted(self.directory.glob("*.jsonl")):
+            offset = self._offsets.get(path.name, 0)
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+            whole = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+            for line in whole.splitlines():
+                entry = json.loads(line)
+                self._by_instance[entry["instance"]] += entry["usd"]
+                self._total += entry["usd"]
+            self._offsets[path.name] = offset + len(whole)
+
+
+_LEDGERS: dict[Path, SpendLedger] = {}
+_LEDGERS_LOCK = threading.Lock()
+
+
+def spend_ledger(directory: Path) -> SpendLedger:
+    """This process's reader and writer of a run's ledger, shared by its threads (so each line is read once)."""
+    with _LEDGERS_LOCK:
+        return _LEDGERS.setdefault(directory, SpendLedger(directory))
+
+
+_SLOTS: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def request_slot(server: ModelServer) -> threading.BoundedSemaphore:
+    """Held for each request: at most `concurrency` requests in flight to a server from this process, however many
+    episodes and judge or writer calls share it."""
+    key = (server.base_url, server.model, server.concurrency)
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(key, threading.BoundedSemaphore(server.concurrency))
 
 
 def openai_client(server: ModelServer, api_key: str | None) -> OpenAI:
@@ -84,18 +196,28 @@ def preflight(name: str, server: ModelServer, api_key: str | None) -> None:
 
 
 class TeacherClient:
-    """Plain chat completions against one model server (judge, PR writer)."""
+    """Chat completions against one model server for one instance (judge, PR writer, and under `AgentModel`):
+    `usage` is that instance's own, `budget` its limit. `name` is the server's name in platform.yaml."""
 
-    def __init__(self, server: ModelServer, api_key: str | None):
+    def __init__(self, server: ModelServer, api_key: str | None, *, name: str = "", budget: Budget | None = None):
         self.server = server
         self._client = openai_client(server, api_key)
-        self.usage = Usage()
+        self.usage = Usage(server=name)
+        self.budget = budget or Budget()
+
+    def complete(self, **request: Any) -> tuple[Any, float]:
+        """One request within the server's request slots; raises CostLimitReached, without calling, once the budget
+        is spent. Returns the response and its cost in USD."""
+        self.budget.check()
+        with request_slot(self.server):
+            response = self._client.chat.completions.create(model=self.server.model, **request)
+        cost = self.usage.add(response, self.server)
+        self.budget.add(cost)
+        return response, cost
 
     def chat(self, system: str, user: str, *, temperature: float, max_tokens: int) -> str:
-        response = self._client.chat.completions.create(
-            model=self.server.model, temperature=temperature, max_tokens=max_tokens,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
-        self.usage.add(response)
+        response, _ = self.complete(temperature=temperature, max_tokens=max_tokens,
+                                    messages=[{"role": "system", "content": system}, {"role": "user", "content": user}])
         return response.choices[0].message.content or ""
 
 
@@ -116,10 +238,13 @@ def _reasoning(message: Any) -> str | None:
 
 class AgentModel:
     """mini-swe-agent `Model` protocol over the openai client; tool-call mode or fenced-text mode. The reply's
-    reasoning, when the server returns it apart from the content, is kept as the message's `reasoning_content`."""
+    reasoning, when the server returns it apart from the content, is kept as the message's `reasoning_content`.
+    Each message carries its call's cost (mini-swe-agent sums it); once the instance's budget is spent the episode
+    ends with exit status `cost_limited` (not the agent's `cost_limit`, whose LimitsExceeded a step limit shares)."""
 
     def __init__(self, server: ModelServer, api_key: str | None, *, temperature: float, max_tokens: int | None,
-                 observation_template: str, format_error_template: str):
+                 observation_template: str, format_error_template: str, name: str = "",
+                 budget: Budget | None = None):
         from minisweagent.models.utils.actions_text import format_observation_messages, parse_regex_actions
         from minisweagent.models.utils.actions_toolcall import (
             BASH_TOOL,
@@ -128,8 +253,8 @@ class AgentModel:
         )
 
         self.server = server
-        self.usage = Usage()
-        self._client = openai_client(server, api_key)
+        self._teacher = TeacherClient(server, api_key, name=name, budget=budget)
+        self.usage = self._teacher.usage
         self._bash_tool = BASH_TOOL
         self._parse_toolcalls, self._parse_text = parse_toolcall_actions, parse_regex_actions
         self._format_toolcall_obs, self._format_text_obs = format_toolcall_observation_messages, \
@@ -143,13 +268,15 @@ class AgentModel:
         self.config = self  # mini-swe-agent reads `model.config`; everything public here is safe to dump
 
     def query(self, messages: list[dict], **kwargs: Any) -> dict:
-        from minisweagent.exceptions import FormatError
+        from minisweagent.exceptions import FormatError, LimitsExceeded
 
         api_messages = [{k: v for k, v in m.items() if k not in _NOT_SENT_BACK} for m in messages]
         tools = {"tools": [self._bash_tool]} if self.server.tool_calls else {}
-        response = self._client.chat.completions.create(model=self.server.model, messages=api_messages,
-                                                        **tools, **(self.request_kwargs | kwargs))
-        self.usage.add(response)
+        try:
+            response, cost = self._teacher.complete(messages=api_messages, **tools, **(self.request_kwargs | kwargs))
+        except CostLimitReached as exc:
+            raise LimitsExceeded({"role": "exit", "content": str(exc),
+                                  "extra": {"exit_status": COST_LIMITED, "submission": ""}}) from None
         choice = response.choices[0]
         template_kwargs = {"finish_reason": choice.finish_reason}
         try:
@@ -162,14 +289,14 @@ class AgentModel:
                                            format_error_template=self.format_error_template,
                                            template_kwargs=template_kwargs)
         except FormatError as exc:
-            exc.messages[0].setdefault("extra", {}).update({"cost": 0.0, "raw_content": choice.message.content})
+            exc.messages[0].setdefault("extra", {}).update({"cost": cost, "raw_content": choice.message.content})
             raise
         message = choice.message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"})
         message.setdefault("content", "")
         reasoning = _reasoning(choice.message)
         if reasoning:
             message["reasoning_content"] = reasoning
-        message["extra"] = {"actions": actions, "cost": 0.0, "timestamp": time.time(),
+        message["extra"] = {"actions": actions, "cost": cost, "timestamp": time.time(),
                             "usage": response.usage.model_dump() if response.usage else None}
         return message
 

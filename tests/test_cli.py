@@ -209,7 +209,7 @@ class FakeAirflow(ThreadingHTTPServer):
             ("GET", RUN_PATH): lambda: (200, {"dag_run_id": RUN_ID, "state": self.states.pop(0)}),
             ("GET", f"{RUN_PATH}/taskInstances"): lambda: (200, {"total_entries": 3, "task_instances": [
                 {"task_id": "select_commits", "map_index": -1, "state": "success"},
-                {"task_id": "per_batch.rollout_one", "map_index": 1, "state": "failed"},
+                {"task_id": "per_batch.rollouts", "map_index": 1, "state": "failed"},
                 {"task_id": "assemble", "map_index": -1, "state": "upstream_failed"}]}),
             ("GET", f"{RUN_PATH}/taskInstances/assemble/xcomEntries/return_value"): lambda: (200, {
                 "key": "return_value", "value": {"instances": 8, "judged_good": 7, "verified": 4,
@@ -279,7 +279,7 @@ def test_trigger_waits_for_the_run_and_prints_its_dataset(airflow, capsys):
 def test_a_failed_run_exits_1_and_names_the_failed_tasks(airflow, capsys):
     assert trigger(airflow, "--wait") == 1
     out = capsys.readouterr().out
-    assert "state          failed" in out and "per_batch.rollout_one[1], assemble" in out
+    assert "state          failed" in out and "per_batch.rollouts[1], assemble" in out
 
 
 @pytest.mark.parametrize("airflow", [{"outcome": "running", "paused": True}], indirect=True)

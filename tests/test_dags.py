@@ -49,13 +49,31 @@ def test_repo_dag_shape(bag):
     dag = bag.dags["sera__tinyledger"]
     ids = set(dag.task_ids)
     assert {"select_commits", "mirror", "per_commit.build_image", "per_commit.inventory", "sample_instances",
-            "make_batches", "per_batch.rollout_one", "per_batch.synthesize", "per_batch.rollout_two",
-            "per_batch.verify", "assemble", "publish"} == ids
-    assert dag.get_task("per_batch.synthesize").upstream_task_ids == {"per_batch.rollout_one"}
+            "make_batches", "per_batch.rollouts", "assemble", "publish"} == ids
+    assert dag.get_task("per_batch.rollouts").upstream_task_ids == {"make_batches"}
     assert dag.get_task("assemble").trigger_rule == "all_done"
-    assert dag.get_task("per_batch.rollout_one").pool == "sera_model_scripted"
-    assert dag.get_task("per_batch.verify").pool == "default_pool"
-    assert set(dag.params) == {"commits", "max_functions", "model_server", "threshold", "incremental"}
+    assert dag.get_task("per_batch.rollouts").pool == "sera_model_scripted"
+    assert set(dag.params) == {"commits", "max_functions", "model_server", "model_servers", "threshold",
+                               "incremental"}
+
+
+def test_a_repository_on_two_servers_has_one_batch_group_per_server_in_its_pool(tmp_path):
+    repos = tmp_path / "repos"
+    repos.mkdir()
+    (repos / "pair.yaml").write_text("source: bundled:tinyledger\nmodel_servers: [scripted, big]\n")
+    platform = tmp_path / "platform.yaml"
+    platform.write_text((ROOT / "config" / "platform.yaml").read_text()
+                        .replace("repos_dir: repos", f"repos_dir: {repos}")
+                        + "  big: {base_url: 'http://127.0.0.1:9/v1', model: m, concurrency: 16}\n"
+                          .join(["", ""]).replace("\n", "", 0))
+    dag = load_bag(platform).dags["sera__pair"]
+    for server in ("scripted", "big"):
+        rollouts = dag.get_task(f"per_batch_{server}.rollouts")
+        assert rollouts.pool == f"sera_model_{server}"
+        assert rollouts.upstream_task_ids == {f"batches_{server}"}
+        assert dag.get_task(f"batches_{server}").upstream_task_ids == {"make_batches"}
+    assert dag.get_task("assemble").upstream_task_ids == {"per_batch_scripted.rollouts", "per_batch_big.rollouts"}
+    assert not any(task_id.startswith("per_batch.") for task_id in dag.task_ids)
 
 
 def test_params_are_validated(bag):
@@ -63,7 +81,8 @@ def test_params_are_validated(bag):
 
     params = bag.dags["sera__tinyledger"].params
     params.validate()
-    for key, bad in (("threshold", 1.5), ("model_server", "nope"), ("max_functions", 0), ("commits", ["a b"])):
+    for key, bad in (("threshold", 1.5), ("model_server", "nope"), ("max_functions", 0), ("commits", ["a b"]),
+                     ("model_servers", ["nope"]), ("model_servers", ["scripted", "scripted"])):
         with pytest.raises(ParamValidationError):
             params.get_param(key).resolve(bad)
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sera_ops import demo_issues, pipeline
+from sera_ops import cli, demo_issues, pipeline, prompts, synth
 from sera_ops.config import (
     BatchSettings,
     ConfigError,
     GitHubDemoIssues,
     MirrorSettings,
     SecretRef,
+    SynthSettings,
     load_platform,
     load_repo,
 )
@@ -276,3 +277,43 @@ def test_command_line_serves_seeded_issues(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def platform_file(tmp_path: Path, github_section: str = "") -> Path:
+    path = tmp_path / "platform.yaml"
+    path.write_text("storage_root: store\ndefaults: {model_server: t}\n"
+                    f"model_servers: {{t: {{base_url: 'http://127.0.0.1:9/v1', model: m}}}}\n{github_section}")
+    return path
+
+
+def test_scrape_issues_writes_a_demo_issues_file(github, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)  # the platform mirrors nowhere: the environment's token
+    out = tmp_path / "ledger-issues.json"
+    assert cli.main(["--platform", str(platform_file(tmp_path)), "scrape-issues", REPO, "-n", "4", "--out", str(out),
+                     "--api-url", github.url, "--labels", "bug, "]) == 0
+    assert capsys.readouterr().out == f"4 closed issue(s) of {REPO} written to {out} (use the file as " \
+                                      "synth.demo_issues)\n"
+    texts = prompts.load_demo_issues(out)
+    assert [text.split("\n")[0] for text in texts] == [f"widget({n}) fails" for n in (29, 21, 19, 11)]  # odd: bugs
+    assert texts == [issue.text for issue in fetch(source(labels=["bug"], max_issues=4), github.url, TOKEN)]
+    assert all("<!--" not in text and "_No response_" not in text for text in texts)
+    assert all("labels=bug&" in page or page.endswith("labels=bug") for page in issue_pages(github))
+    pool = synth.demo_pool(SynthSettings(demo_issues=str(out)))
+    assert [issue.id for issue in pool] == [f"ledger-issues.json[{n}]" for n in range(4)]
+
+
+def test_scrape_issues_sends_the_platform_token_to_the_platform_api_only(github, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SERA_TEST_PLATFORM_GH", TOKEN)
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_mustNotBeSentAnywhere0123456789")
+    platform = platform_file(tmp_path, f"github: {{api_url: '{github.url}', organisation: acme, "
+                                       "token: {env: SERA_TEST_PLATFORM_GH}}\n")
+    out = tmp_path / "issues.json"
+    assert cli.main(["scrape-issues", REPO, "-n", "2", "--out", str(out), "--platform", str(platform)]) == 0
+    assert len(prompts.load_demo_issues(out)) == 2
+    with LocalGitHub(tmp_path / "other", ["acme"], TOKEN) as other:  # another GitHub: anonymous, so refused
+        other_url = other.url
+        assert cli.main(["scrape-issues", REPO, "-n", "2", "--out", str(tmp_path / "no.json"), "--platform",
+                         str(platform), "--api-url", other_url]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: demonstration issues from {REPO} at {other_url}: GitHub needs a token")
+    assert not (tmp_path / "no.json").exists() and "ghp_" not in error

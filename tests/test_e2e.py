@@ -68,7 +68,7 @@ def test_run_succeeds_and_only_the_bad_commit_fails(run):
     assert states[("per_commit.build_image", 2)] == "failed"
     assert states[("per_commit.build_image", 0)] == states[("per_commit.build_image", 1)] == "success"
     assert run["stats"]["commits"] == {"selected": 3, "ready": 2, "failed": [BAD_COMMIT]}
-    batches = [state for (task, _), state in states.items() if task == "per_batch.verify"]
+    batches = [state for (task, _), state in states.items() if task == "per_batch.rollouts"]
     assert batches and set(batches) == {"success"}
 
 

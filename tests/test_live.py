@@ -60,14 +60,14 @@ def test_trigger_wait_train_and_clear(live: LiveStack):
     assert list((work / "store" / "tinyledger" / "models").glob("*/metrics.json"))
 
     status, body = api.call("POST", f"/api/v2/dags/{DAG}/clearTaskInstances", {
-        "dry_run": False, "dag_run_id": run_id, "task_ids": [["per_batch.rollout_one", 0]],
+        "dry_run": False, "dag_run_id": run_id, "task_ids": [["per_batch.rollouts", 0]],
         "only_failed": False, "include_downstream": True, "reset_dag_runs": True})
-    assert status == 200 and {t["task_id"] for t in body["task_instances"]} >= {"per_batch.rollout_one", "assemble"}
+    assert status == 200 and {t["task_id"] for t in body["task_instances"]} >= {"per_batch.rollouts", "assemble"}
     api.wait_for(lambda: api.task_instance(run_id, "assemble")["try_number"] == 2 and api.run_state(run_id), 180,
                  "the cleared tasks to run again")
-    log = api.task_instance(run_id, "per_batch.rollout_one", 0)
+    log = api.task_instance(run_id, "per_batch.rollouts", 0)
     assert log["state"] == "success" and log["try_number"] == 2 and log["pool"] == "sera_model_scripted"
-    assert "'already_done': 3, 'ran': 0" in live.log(run_id, "per_batch.rollout_one", 0, 2)
+    assert "'rollout1': {'already_done': 3, 'ran': 0," in live.log(run_id, "per_batch.rollouts", 0, 2)
     assert json.loads((dataset / "stats.json").read_text())["records"] == stats["records"]
 
     with urllib.request.urlopen(f"{api.base}/sera/tinyledger/{dataset.parent.name}", timeout=30) as response:

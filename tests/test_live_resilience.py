@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 from tests.live_stack import TRAINING_DAG, live_stack, silent_port
 
 pytestmark = pytest.mark.e2e
-ROLLOUT_ONE = "per_batch.rollout_one"
+ROLLOUT_ONE = "per_batch.rollouts"
 SILENT = {"timeout_s": 2, "max_retries": 9}
 ORPHAN_SETTINGS = {
     # A new scheduler resets the tasks of a scheduler whose heartbeat is this old (default 30 s) ...

@@ -109,7 +109,7 @@ def test_a_teacher_outage_is_retried_and_the_run_fails_at_assemble_naming_the_er
         dag_run, tis = run_dag(f"sera__{REPO}", {"max_functions": 4})
 
     assert str(dag_run.state) == "failed"
-    rollout = tis[("per_batch.rollout_one", 0)]
+    rollout = tis[("per_batch.rollouts", 0)]
     assert (str(rollout.state), rollout.try_number) == ("failed", 3)  # transient: every retry was used
     assemble = tis[("assemble", -1)]
     assert (str(assemble.state), assemble.try_number) == ("failed", 1)

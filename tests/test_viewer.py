@@ -4,11 +4,12 @@ import json
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
 
-from sera_ops import pipeline, runs
+from sera_ops import pipeline, runs, verify
 from sera_ops.config import PLATFORM_CONFIG_ENV, load_platform, load_repos
 from sera_ops.dataset_card import PLOTS
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams
@@ -179,7 +180,11 @@ def test_run_page_lists_instances_with_recall(client, store):
     for iid in instance_ids(store, DONE):
         assert f'<a href="/{REPO}/{DONE}/{iid}">{iid}</a>' in page.text
     assert page.text.count("<td>1.00</td><td>yes</td>") == 2  # recall, resolved
-    assert "<th>records.t1</th><td>2</td>" in page.text
+    summary = page.text.split("<h2>Summary</h2>")[1].split("<h2>Dataset</h2>")[0]
+    for stage in ("instances", "rollout one", "judged good", "synthetic PRs", "rollout two", "verified"):
+        assert f'<th>{stage}</th><td class="count">2</td>' in summary  # the funnel, in pipeline order
+    assert "<td>t1.jsonl 2, t2.jsonl 2 (hermes format)</td>" in summary
+    assert "dataset_dir" not in summary and str(store) not in summary and "records.t1" not in summary
     failed = client.get(f"/{REPO}/{FAILED}")
     assert failed.status_code == 200 and "Not assembled yet" in failed.text
     assert failed.text.count('<span class="error"') == 2
@@ -198,6 +203,37 @@ def test_instance_page_shows_both_patches_and_escapes_trajectory_text(client, st
     # collapsed turns are told apart: the PR's first line, not its wrapper tag; a tool's exit code and output
     assert f"<b>user</b> {html.escape(files['synth']['synth_pr'].splitlines()[0])}</summary>" in page.text
     assert "<b>tool</b> [exit 0] " in page.text and "<b>user</b> &lt;pr_description&gt;" not in page.text
+    # every rollout-one attempt with the judge's answer; the verdict as a sentence
+    changed = len(verify.changed_lines(files["rollout1"]["final"]["patch"]))
+    assert f"<tr><td>0</td><td>Submitted</td><td>{changed}</td><td>yes</td><td>yes</td><td>1</td></tr>" in page.text
+    assert f"Recall <b>1.00</b> of P1&#x27;s {changed} changed lines" in page.text and "<b>resolved</b>" in page.text
+
+
+def test_attempts_read_every_try_and_its_judgement(store):
+    """Two attempts as rollout one writes them when the judge turns the first down (an empty patch is never judged)."""
+    iid = scripted_instance(store)
+    detail = runs.instance_detail(store, REPO, DONE, iid)
+    (attempt,) = detail.attempts
+    assert (attempt.number, attempt.exit_status, attempt.judged_good, attempt.judge_answer) == (0, "Submitted", True,
+                                                                                              "yes")
+    assert attempt.changed_lines == len(verify.changed_lines(detail.patch_one)) > 0
+    assert runs._attempt(1, {"rollout": {"exit_status": "Submitted", "patch": ""},
+                             "judgement": {"is_good_patch": False, "answer": None, "calls": 0}}) == runs.Attempt(
+        number=1, exit_status="Submitted", changed_lines=0, judged_good=False, judge_answer=None, judge_calls=0)
+
+
+def test_a_duplicate_patch_names_the_instance_that_owns_it(client, store):
+    first, second = instance_ids(store, FAILED)
+    marker = store / REPO / "runs" / FAILED / "instances" / second / "duplicate.json"
+    marker.write_text(json.dumps({"duplicate_of": first, "patch": "0" * 64}))
+    try:
+        assert {i.instance_id: i.duplicate_of for i in runs.run_detail(store, REPO, FAILED).instances} == {
+            first: None, second: first}
+        link = f'<a href="/{REPO}/{FAILED}/{first}">{first}</a>'
+        assert f"no: duplicate of {link}" in client.get(f"/{REPO}/{FAILED}").text
+        assert f"same as {link}" in client.get(f"/{REPO}/{FAILED}/{second}").text
+    finally:
+        marker.unlink()
 
 
 def test_run_page_links_the_dataset_files_and_plots(client):
@@ -206,6 +242,21 @@ def test_run_page_links_the_dataset_files_and_plots(client):
         assert f'href="/{REPO}/{DONE}/dataset/{name}"' in page.text
     assert all(f'<img src="/{REPO}/{DONE}/dataset/{name}"' in page.text for name in PLOTS)
     assert "/dataset/" not in client.get(f"/{REPO}/{FAILED}").text  # not assembled: nothing to link
+    assert runs.dataset_files(store, REPO, FAILED) == []
+    with pytest.raises(LookupError):
+        runs.dataset_files(store, REPO, "no-such-run")
+
+
+def test_every_plot_of_the_dataset_is_shown(client, store):
+    """A plot that a later version writes (a funnel, say) is shown and served without the viewer knowing its name."""
+    extra = store / REPO / "runs" / DONE / "dataset" / "funnel.png"
+    extra.write_bytes((store / REPO / "runs" / DONE / "dataset" / "recall.png").read_bytes())
+    try:
+        assert f'<img src="/{REPO}/{DONE}/dataset/funnel.png"' in client.get(f"/{REPO}/{DONE}").text
+        assert client.get(f"/{REPO}/{DONE}/dataset/funnel.png").content == extra.read_bytes()
+    finally:
+        extra.unlink()
+    assert client.get(f"/{REPO}/{DONE}/dataset/funnel.png").status_code == 404
 
 
 def test_dataset_files_are_served_by_name(client, store, tmp_path):
@@ -247,11 +298,18 @@ def test_invalid_or_unknown_names_are_404(client, path):
     assert "<script" not in response.text
 
 
-def test_without_an_airflow_login_the_viewer_refuses(store):
+def test_without_an_airflow_login_api_clients_are_refused_and_browsers_sent_to_log_in(store):
     import sera_viewer
 
-    response = TestClient(sera_viewer.app).get("/")
-    assert response.status_code == 401
+    app = TestClient(sera_viewer.app, follow_redirects=False)
+    assert app.get("/").status_code == 401
+    assert app.get("/", headers={"Accept": "application/json"}).json() == {"detail": "Not authenticated"}
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    for cookies in ({}, {"_token": "not-a-jwt"}):  # no session; a token this server cannot read (403 to an API client)
+        response = app.get(f"/{REPO}/{DONE}", headers=browser, cookies=cookies)
+        assert response.status_code == 303, response.text
+        assert response.headers["location"] == "/auth/login?" + urlencode({"next": f"http://testserver/{REPO}/{DONE}"})
+    assert app.get("/", cookies={"_token": "not-a-jwt"}).status_code == 403
 
 
 def test_airflow_registers_the_app_and_the_nav_entry():
