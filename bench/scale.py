@@ -44,11 +44,13 @@ def parse_seconds(repeats: int = 5) -> tuple[float, object]:
 
 
 def task_instances(dag, commits: int, batches: int) -> tuple[int, int]:
-    """(task instances, largest map) of one run: mapped groups' tasks times their map length."""
+    """(task instances, largest map) of one run: mapped groups' tasks times their map length. The batch groups
+    (`per_batch`, or one `per_batch_<server>` per model server) share the run's batches, counted as an even spread."""
+    groups = [task.task_group.group_id if task.task_group else None for task in dag.tasks]
+    lanes = {group for group in groups if group and group.startswith("per_batch")}
     total = widest = 0
-    for task in dag.tasks:
-        group = task.task_group.group_id if task.task_group else None
-        length = commits if group == "per_commit" else batches if group == "per_batch" else 1
+    for group in groups:
+        length = commits if group == "per_commit" else -(-batches // len(lanes)) if group in lanes else 1
         total += length
         widest = max(widest, length)
     return total, widest

@@ -65,10 +65,13 @@ class _Usage:
 
 
 def _failure(store: RunStore, instance_id: str, stage: str) -> tuple[str, str]:
-    """The stage an instance failed at and why: its recorded error's first line, or that the stage never ran."""
+    """The stage an instance failed at and why: its recorded error's first line, or that the stage never ran (and why,
+    when the run's cost limit stopped it)."""
     recorded = store.read_json(store.instance_file(instance_id, f"{stage}.error.json"))
-    reason = recorded["error"].splitlines()[0][:300] if recorded else "not run (its batch task failed or never ran)"
-    return stage, reason
+    if recorded:
+        return stage, recorded["error"].splitlines()[0][:300]
+    stopped = store.read_json(store.instance_file(instance_id, "not_started.json"))
+    return stage, f"not run ({stopped['reason'] if stopped else 'its batch task failed or never ran'})"
 
 
 def _cost_limited(store: RunStore, instance_id: str, rollout_one: dict) -> bool:

@@ -12,15 +12,19 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from sera_ops.curate import SPLITS, chatml_tokens, estimate_tokens, read_jsonl
 from sera_ops.store import RunStore, atomic_write_text
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PLOTS = ("funnel.png", "recall.png", "turns.png", "tokens.png", "commits.png")
 CARD = "README.md"
@@ -78,7 +82,7 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    def plot(name: str, draw) -> None:
+    def plot(name: str, draw: Callable[[Axes], None]) -> None:
         figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
         draw(figure.subplots())
         with _replacing(out / name) as tmp:
@@ -86,7 +90,7 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
 
     def histogram(name: str, title: str, xlabel: str, series: dict[str, list[float]], bins: int | list[float],
                   marker: float | None = None) -> None:
-        def draw(axes) -> None:
+        def draw(axes: Axes) -> None:
             axes.hist(list(series.values()), bins=bins,
                       label=[f"{label} ({len(values)})" for label, values in series.items()])
             if marker is not None:
@@ -96,7 +100,7 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
             axes.legend()
         plot(name, draw)
 
-    def funnel(axes) -> None:
+    def funnel(axes: Axes) -> None:
         counts = [stats[key] for key, _ in FUNNEL]
         bars = axes.barh([label for _, label in FUNNEL], counts, color="#0969da")
         axes.bar_label(bars, labels=[f"{n} ({n / counts[0]:.0%})" if counts[0] else str(n) for n in counts],
@@ -105,13 +109,13 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
         axes.set(title="Instances through the stages", xlabel="instances", xlim=(0, max(1, counts[0]) * 1.25))
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    def commits(axes) -> None:
+    def commits(axes: Axes) -> None:
         positions = range(len(per_commit))
         for offset, split in zip((-0.2, 0.2), SPLITS, strict=True):
             axes.bar([x + offset for x in positions], [counts[split] for counts in per_commit.values()], width=0.4,
                      label=f"{split} ({sum(counts[split] for counts in per_commit.values())})")
-        axes.set_xticks(list(positions), [commit[:7] for commit in per_commit], rotation=45 if len(per_commit) > 8
-                        else 0, fontfamily="monospace")
+        axes.set_xticks(list(positions), [commit[:7] for commit in per_commit], fontfamily="monospace",
+                        rotation=45 if len(per_commit) > 8 else 0)
         axes.set(title="Records per commit", xlabel="commit", ylabel="records")
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()

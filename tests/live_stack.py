@@ -41,15 +41,26 @@ def silent_port() -> Iterator[int]:
 
 
 class Api:
-    def __init__(self, base: str):
-        self.base = base
+    def __init__(self, base: str, login: tuple[str, str] | None = None):
+        self.base, self.login = base, login
+        self.token: str | None = None
+
+    def authorization(self) -> dict[str, str]:
+        """The bearer header for `login` (user, password), its token fetched on first use; none for all-admins."""
+        if self.login and not self.token:
+            body = json.dumps({"username": self.login[0], "password": self.login[1]}).encode()
+            request = urllib.request.Request(f"{self.base}/auth/token", method="POST", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                self.token = json.load(response)["access_token"]
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         """One REST call; a 5xx (SQLite busy under a running task) is retried a few times, as a CI client would."""
         for attempt in range(5):
             request = urllib.request.Request(f"{self.base}{path}", method=method,
                                              data=json.dumps(body).encode() if body is not None else None,
-                                             headers={"Content-Type": "application/json"})
+                                             headers={"Content-Type": "application/json"} | self.authorization())
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return response.status, json.load(response)
@@ -95,9 +106,9 @@ class Api:
 class LiveStack:
     """The components of one Airflow home, by name; a test may kill one (as a lost host would) and start it again."""
 
-    def __init__(self, work: Path, env: dict[str, str]):
+    def __init__(self, work: Path, env: dict[str, str], login: tuple[str, str] | None = None):
         self.work, self.env = work, env
-        self.api = Api(env["AIRFLOW__API__BASE_URL"])
+        self.api = Api(env["AIRFLOW__API__BASE_URL"], login)
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str) -> None:
@@ -137,9 +148,17 @@ class LiveStack:
 
 
 @contextmanager
-def live_stack(work: Path, platform: Path, **airflow_env: str) -> Iterator[LiveStack]:
+def live_stack(work: Path, platform: Path, login: tuple[str, str] | None = None,
+               **airflow_env: str) -> Iterator[LiveStack]:
     """A fresh Airflow home in `work` for the SERA DAGs of `platform` (its pools imported), running until the block
-    ends; `airflow_env` adds settings (AIRFLOW__<SECTION>__<KEY>)."""
+    ends; `airflow_env` adds settings (AIRFLOW__<SECTION>__<KEY>). Every caller is an admin without logging in,
+    unless `login` (user, password) names the one admin, who must log in as in a deployment (`stack.api` does)."""
+    if login:
+        passwords = work / "passwords.json"
+        passwords.write_text(json.dumps({login[0]: login[1]}))
+        airflow_env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+                       "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{login[0]}:admin",
+                       "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)} | airflow_env
     port = free_port()
     env = os.environ | {
         "AIRFLOW_HOME": str(work / "airflow"), "SERA_PLATFORM_CONFIG": str(platform),
@@ -156,7 +175,7 @@ def live_stack(work: Path, platform: Path, **airflow_env: str) -> Iterator[LiveS
     pools = work / "pools.json"  # the batch tasks' pools must exist, or the scheduler never queues them
     subprocess.run([sys.executable, "-m", "sera_ops.cli", "pools", "--out", str(pools)], env=env, check=True)
     subprocess.run([AIRFLOW, "pools", "import", str(pools)], env=env, check=True, capture_output=True)
-    stack = LiveStack(work, env)
+    stack = LiveStack(work, env, login)
     try:
         for name in COMPONENTS:
             stack.start(name)

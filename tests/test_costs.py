@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sera_ops import pipeline, synth
-from sera_ops.config import ConfigError, CostLimits, ModelServer, load_platform
+from sera_ops.config import ConfigError, CostLimits, ModelServer, load_platform, load_repo, load_repos
 from sera_ops.teachers import COST_LIMITED, Budget, SpendLedger, TeacherClient
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT
@@ -32,7 +32,7 @@ def limited(ctx: pipeline.RunContext, **limits) -> None:
 
 
 def test_each_instance_records_its_own_judge_usage_at_full_concurrency(tmp_path):
-    with ScriptedTeacher(ScriptedTeacherConfig(judge_reject_first_attempts=0.5, latency_s=0.02)) as teacher:
+    with ScriptedTeacher(ScriptedTeacherConfig(judge_reject_first_attempts=0.5, latency_s=0.02, seed=1)) as teacher:
         ctx = make_context(tmp_path, teacher.url)
         priced(ctx, concurrency=4)
         (batch,) = prepare(ctx)
@@ -74,7 +74,8 @@ def test_usage_and_cost_are_summed_per_stage_server_and_run(tmp_path):
             assert servers[name][field] == sum(part[field] for part in parts)
         assert servers[name]["cost_usd"] == pytest.approx(cost(servers[name], prices), abs=1e-5)
         assert all(part["cost_usd"] == pytest.approx(cost(part, prices), abs=1e-5) for part in parts)
-    assert stats["cost_usd"] == usage["total"]["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in servers.values()))
+    total = usage["total"]["cost_usd"]
+    assert stats["cost_usd"] == total == pytest.approx(sum(s["cost_usd"] for s in servers.values()))
     assert stats["cost_usd"] > 0 and stats["spent_usd"] == pytest.approx(stats["cost_usd"], abs=1e-5)
     assert (stats[COST_LIMITED], stats["not_started"]) == (0, 0)
     for instance, two in records(ctx, "rollout2.json").items():  # mini-swe-agent's own sum sees the same cost
@@ -123,6 +124,11 @@ def test_a_run_over_its_cost_limit_starts_no_new_instance_until_the_limit_is_rai
         markers = list(ctx.store.run_dir.rglob("not_started.json"))
         assert len(markers) == 3 and "cost_limits.per_run_usd" in json.loads(markers[0].read_text())["reason"]
         assert sum("not started" in r.getMessage() for r in caplog.records) == 3
+        done = next(path.parent.name for path in ctx.store.run_dir.rglob("rollout1.json"))
+        ctx.store.instance_file(done, "synth.json").unlink()  # as if its task died there: a retry does not resume it
+        pipeline.rollouts(ctx, batch)
+        assert pipeline.assemble(ctx)["failed"]["by_error"] == {
+            f"synth: not run ({json.loads(markers[0].read_text())['reason']})": 1}
 
         limited(ctx, per_run_usd=100.0)  # a cleared task after raising the limit does the rest
         pipeline.rollouts(ctx, batch)
@@ -134,7 +140,7 @@ def test_a_run_over_its_cost_limit_starts_no_new_instance_until_the_limit_is_rai
 def test_judge_and_writer_make_no_call_once_the_budget_is_spent():
     with ScriptedTeacher() as teacher:
         server = ModelServer(base_url=teacher.url, model="scripted-teacher")
-        settings = pipeline.load_repos(load_platform(ROOT / "config" / "platform.yaml"))[0][0].synth
+        settings = load_repos(load_platform(ROOT / "config" / "platform.yaml"))[0][0].synth
         spent = TeacherClient(server, None, name="scripted", budget=Budget(1.0, spent_before_usd=1.0))
         judgement = synth.judge_patch(spent, settings, "task", [], "diff --git a/x b/x\n")
         synthesis = synth.write_synthetic_pr(spent, settings, "i1", [], "diff --git a/x b/x\n",
@@ -178,10 +184,10 @@ def test_prices_and_limits_are_validated(tmp_path):
     repo = tmp_path / "capped.yaml"
     repo.write_text(yaml.safe_dump({"source": str(ROOT), "cost_limits": {"per_instance_usd": 5, "per_run_usd": 2}}))
     with pytest.raises(ConfigError, match=r"field 'cost_limits.per_instance_usd': 5 is more than per_run_usd \(2\)"):
-        pipeline.load_repo(repo, platform)
+        load_repo(repo, platform)
     repo.write_text(yaml.safe_dump({"source": str(ROOT), "cost_limits": {"per_run_usd": 0}}))
     with pytest.raises(ConfigError, match="cost_limits.per_run_usd"):
-        pipeline.load_repo(repo, platform)
+        load_repo(repo, platform)
 
 
 def test_hosted_examples_price_openai_and_anthropic():

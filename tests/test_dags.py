@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
+from sera_ops.testing.dry_run import dry_run_platform
 from tests.conftest import ROOT
 
 
@@ -61,11 +62,9 @@ def test_a_repository_on_two_servers_has_one_batch_group_per_server_in_its_pool(
     repos = tmp_path / "repos"
     repos.mkdir()
     (repos / "pair.yaml").write_text("source: bundled:tinyledger\nmodel_servers: [scripted, big]\n")
-    platform = tmp_path / "platform.yaml"
-    platform.write_text((ROOT / "config" / "platform.yaml").read_text()
-                        .replace("repos_dir: repos", f"repos_dir: {repos}")
-                        + "  big: {base_url: 'http://127.0.0.1:9/v1', model: m, concurrency: 16}\n"
-                          .join(["", ""]).replace("\n", "", 0))
+    big = {"base_url": "http://127.0.0.1:8/v1", "model": "m"}
+    platform = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, "http://127.0.0.1:9/v1", repos_dir=repos,
+                                overrides={"model_servers": {"big": big}})
     dag = load_bag(platform).dags["sera__pair"]
     for server in ("scripted", "big"):
         rollouts = dag.get_task(f"per_batch_{server}.rollouts")

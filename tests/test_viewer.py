@@ -206,7 +206,7 @@ def test_instance_page_shows_both_patches_and_escapes_trajectory_text(client, st
     # every rollout-one attempt with the judge's answer; the verdict as a sentence
     changed = len(verify.changed_lines(files["rollout1"]["final"]["patch"]))
     assert f"<tr><td>0</td><td>Submitted</td><td>{changed}</td><td>yes</td><td>yes</td><td>1</td></tr>" in page.text
-    assert f"Recall <b>1.00</b> of P1&#x27;s {changed} changed lines" in page.text and "<b>resolved</b>" in page.text
+    assert f"Recall <b>1.00</b> of P1's {changed} changed lines" in page.text and "<b>resolved</b>" in page.text
 
 
 def test_attempts_read_every_try_and_its_judgement(store):
@@ -236,7 +236,7 @@ def test_a_duplicate_patch_names_the_instance_that_owns_it(client, store):
         marker.unlink()
 
 
-def test_run_page_links_the_dataset_files_and_plots(client):
+def test_run_page_links_the_dataset_files_and_plots(client, store):
     page = client.get(f"/{REPO}/{DONE}")
     for name in ("README.md", "t1.parquet", "t2.parquet", "t1.jsonl", "t2.jsonl", "stats.json", *PLOTS):
         assert f'href="/{REPO}/{DONE}/dataset/{name}"' in page.text
@@ -300,16 +300,17 @@ def test_invalid_or_unknown_names_are_404(client, path):
 
 def test_without_an_airflow_login_api_clients_are_refused_and_browsers_sent_to_log_in(store):
     import sera_viewer
+    from airflow.api_fastapi.app import create_auth_manager
 
-    app = TestClient(sera_viewer.app, follow_redirects=False)
-    assert app.get("/").status_code == 401
-    assert app.get("/", headers={"Accept": "application/json"}).json() == {"detail": "Not authenticated"}
-    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-    for cookies in ({}, {"_token": "not-a-jwt"}):  # no session; a token this server cannot read (403 to an API client)
-        response = app.get(f"/{REPO}/{DONE}", headers=browser, cookies=cookies)
+    create_auth_manager()  # what the API server does at start, so that a token can be checked
+    anonymous = TestClient(sera_viewer.app, follow_redirects=False)
+    stale = TestClient(sera_viewer.app, follow_redirects=False, cookies={"_token": "not-a-jwt"})
+    assert anonymous.get("/").status_code == 401 and stale.get("/").status_code == 403
+    assert anonymous.get("/", headers={"Accept": "application/json"}).json() == {"detail": "Not authenticated"}
+    for client in (anonymous, stale):  # no session; a token this server cannot read (after a restart, say)
+        response = client.get(f"/{REPO}/{DONE}", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
         assert response.status_code == 303, response.text
         assert response.headers["location"] == "/auth/login?" + urlencode({"next": f"http://testserver/{REPO}/{DONE}"})
-    assert app.get("/", cookies={"_token": "not-a-jwt"}).status_code == 403
 
 
 def test_airflow_registers_the_app_and_the_nav_entry():
