@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sera_ops import runs
 from sera_ops.config import load_platform
-from sera_ops.dataset_card import CARD
+from sera_ops.dataset_card import CARD, PLOTS
 from sera_ops.store import RunStore
 
 _bearer = HTTPBearer(auto_error=False)
@@ -291,9 +291,11 @@ def _summary(stats: dict) -> str:
                     f'<td class="bar"><span style="width: {width:.0f}%"></span></td><td>{_e(note)}</td></tr>')
         previous = count if isinstance(count, int) else None
     failures = _stat(stats, "failed", "by_error") or {}
+    calls, prompt, completion = (n("usage", "total", key) for key in ("calls", "prompt_tokens", "completion_tokens"))
     facts = [("records", f"t1.jsonl {n('records', 't1')}, t2.jsonl {n('records', 't2')} ({n('format')} format)"),
-             ("teacher", f"model server {n('model_server')}"),
-             ("tokens", f"{n('tokens', 'prompt')} prompt, {n('tokens', 'completion')} completion"),
+             ("teacher", f"model server {n('model_server')}: {calls} calls, {prompt} prompt and {completion} "
+                         f"completion tokens, ${n('cost_usd')}"),
+             ("cost limit", f"{n('cost_limited')} instances stopped by it, {n('not_started')} not started"),
              ("failed instances", n("failed", "instances") + "".join(f"; {error}: {count}"
                                                                     for error, count in failures.items())),
              ("failed commits", n("commits", "failed")), ("Airflow run", n("run_id"))]
@@ -306,7 +308,9 @@ def _dataset(request: Request, root: Path, repo: str, run: str) -> str:
     names = runs.dataset_files(root, repo, run)
     links = " · ".join(_link(_url(request, repo, run, "dataset", name), label)
                        for name, label in DATASET_FILES.items() if name in names)
-    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in names if name.endswith(".png")]
+    pngs = sorted((name for name in names if name.endswith(".png")),
+                  key=lambda name: (PLOTS.index(name) if name in PLOTS else len(PLOTS), name))  # the funnel first
+    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in pngs]
     plots = "".join(f'<a href="{src}"><img src="{src}" alt="{_e(name)}"></a>' for name, src in sources)
     return f'<h2>Dataset</h2><p>{links or _missing()}</p><div class="plots">{plots}</div>'
 

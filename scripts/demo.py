@@ -2,6 +2,8 @@
 
 Invoked by scripts/demo.sh (which sets AIRFLOW_HOME and friends before Airflow is imported). The platform file is
 $SERA_PLATFORM_CONFIG or config/platform.yaml, with the scripted teacher and a local GitHub double swapped in.
+While the DAGs run, everything Airflow, the agents and their subprocesses print goes to var/demo/airflow.log; the
+terminal gets one line per task as it finishes (state, duration, the numbers it returned), then the summary.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import secrets
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any, TextIO
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
@@ -43,6 +48,7 @@ def main() -> int:
     if not preflight(args.repo):
         return 2
     work = ROOT / "var" / "demo"
+    log = work / "airflow.log"
     os.environ["SERA_DEMO_GITHUB_TOKEN"] = secrets.token_hex(16)  # this demo's local GitHub double only
     with ExitStack() as services:
         teacher = services.enter_context(ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))))
@@ -50,22 +56,29 @@ def main() -> int:
         platform_file = dry_run_platform(default_platform_path(), work, teacher.url, overrides={
             "github": {"api_url": github.url, "organisation": DEMO_ORG, "token": {"env": "SERA_DEMO_GITHUB_TOKEN"}}})
         os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
+        platform = load_platform(platform_file)
+        spec = next(spec for spec in load_repos(platform)[0] if spec.name == args.repo)
+        print(f"[demo] one line per task as it finishes; Airflow's log: {log.relative_to(ROOT)}", flush=True)
+        terminal = services.enter_context(output_to(log))
+        services.enter_context(task_progress(terminal))
         subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                        capture_output=True)
         from sera_airflow import run_dag_locally
 
-        platform = load_platform(platform_file)
-        spec = next(spec for spec in load_repos(platform)[0] if spec.name == args.repo)
+        def run_dag(dag_id: str, conf: dict | None = None) -> Any:
+            print(f"[demo] {dag_id}", file=terminal)
+            return run_dag_locally(dag_id, conf)
+
         started = time.monotonic()
         # Whatever teacher the repository names, the demo talks to the scripted one.
-        run = run_dag_locally(spec.dag_id, {"model_server": SCRIPTED_SERVER})
+        run = run_dag(spec.dag_id, {"model_server": SCRIPTED_SERVER})
         elapsed = time.monotonic() - started
         trains = spec.training is not None and str(run.state) == "success"
-        training = run_dag_locally(f"sera_train__{args.repo}") if trains else None
+        training = run_dag(f"sera_train__{args.repo}") if trains else None
     store = RunStore(platform.storage_root, args.repo, run.run_id)
     stats_file = store.dataset_dir / "stats.json"
     if not stats_file.exists():
-        print(f"DAG run {run.state} in {elapsed:.0f} s before assembling a dataset; the task logs above say why")
+        print(f"DAG run {run.state} in {elapsed:.0f} s before assembling a dataset; {log.relative_to(ROOT)} says why")
         return 1
     print(summary(json.loads(stats_file.read_text()), run.state, elapsed))
     mirror = store.read_json(store.path("mirror.json"))
@@ -97,6 +110,79 @@ def preflight(repo: str) -> bool:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     return not problems
+
+
+@contextmanager
+def output_to(log: Path) -> Iterator[TextIO]:
+    """Send this process's stdout and stderr to `log` at the file-descriptor level, which also catches Airflow's
+    log handlers (bound to the streams at start), mini-swe-agent's console and every subprocess; yields the
+    terminal, for the progress lines."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as sink, os.fdopen(os.dup(saved[1]), "w", buffering=1) as terminal:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield terminal
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+@contextmanager
+def task_progress(out: TextIO) -> Iterator[None]:
+    """A progress line for each task instance that dag.test() runs. dag.test has no per-task hook, so the function
+    it runs every task instance with (`airflow.sdk.definitions.dag._run_task`, Airflow 3.3) is wrapped."""
+    from airflow.sdk.definitions import dag as sdk_dag
+
+    run_task = sdk_dag._run_task
+
+    def reporting(*, ti: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        result = run_task(ti=ti, **kwargs)
+        state = getattr(ti.state, "value", ti.state)  # an enum from the SDK or from core, whichever set it last
+        if state == "success":
+            detail = _clip(counts(ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)), 90)
+        else:  # why, in full: the log has the traceback
+            error = getattr(result, "error", None)
+            detail = f"{type(error).__name__}: {error}".splitlines()[0] if error else ""
+        name = ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
+        print(f"  {name:<28} {state:<8} {time.monotonic() - started:6.1f} s  {detail}".rstrip(), file=out)
+        return result
+
+    with mock.patch.object(sdk_dag, "_run_task", reporting):
+        yield
+
+
+def counts(value: Any) -> str:
+    """The counts in a task's return value: `-> 8`, `-> 2 items`, or `instances=8 failed=0 rollout1.ran=8` for a
+    dict (text, times and other floats left out; in a nested dict only what is not zero)."""
+    if _is_count(value):
+        return f"-> {value}"
+    if isinstance(value, list):
+        return f"-> {len(value)} item{'' if len(value) == 1 else 's'}"
+    pairs = []
+    for key, item in value.items() if isinstance(value, dict) else ():
+        if _is_count(item):
+            pairs.append(f"{key}={item}")
+        elif isinstance(item, list):
+            pairs.append(f"{key}={len(item)}")
+        elif isinstance(item, dict):
+            pairs += [f"{key}.{k}={v}" for k, v in item.items() if _is_count(v) and v]
+    return " ".join(pairs)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def training_line(store: RunStore, training: object) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from sera_ops.curate import SPLITS, chatml_tokens, estimate_tokens, read_jsonl
+from sera_ops.postprocess import BASH_TOOL_JSON
 from sera_ops.store import RunStore, atomic_write_text
 
 if TYPE_CHECKING:
@@ -34,14 +35,17 @@ FUNNEL = (("instances", "instances"), ("rollout_one", "rollout one"), ("judged_g
           ("synthetic_prs", "synthetic PRs"), ("rollout_two", "rollout two"), ("verified", "verified"))
 """stats.json keys of the stages an instance passes, in order, with their labels."""
 PROMPTS_PACKAGE = "sera_ops.prompts"
+SAMPLE_RECORD = {"messages": [{"role": "user", "content": "", "train": False}], "instance_id": "",
+                 "tool_json": BASH_TOOL_JSON, "changed_lines": 0}
+"""Its columns go into an empty split's Parquet file when no split has a record to take them from, so Parquet files
+of many runs combine (pandas, pyarrow datasets) whether a split happened to be empty or not."""
 
 
 def write_dataset_card(store: RunStore, stats: dict, recalls: list[float]) -> None:
     """Parquet, plots and the card for the run's dataset; `recalls` are rollout two's recalls (every verdict)."""
     out = store.dataset_dir
     records = {split: read_jsonl(out / f"{split}.jsonl") for split in SPLITS}
-    for split, rows in records.items():
-        _write_parquet(out / f"{split}.parquet", rows)
+    _write_parquet(out, records)
     failed = set(stats["commits"]["failed"])
     commits = [c for c in store.read_json(store.path("commits.json"), {}).get("commits", []) if c not in failed]
     commit_of = {i["instance_id"]: i["commit"] for i in store.read_json(store.path("instances.json"), [])}
@@ -62,12 +66,17 @@ def _replacing(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _write_parquet(path: Path, records: list[dict]) -> None:
+def _write_parquet(out: Path, records: dict[str, list[dict]]) -> None:
+    """`<split>.parquet` per split; an empty one gets the other split's columns (else SAMPLE_RECORD's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with _replacing(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(records), tmp)
+    tables = {split: pa.Table.from_pylist(rows) for split, rows in records.items()}
+    schema = next((table.schema for table in tables.values() if table.num_rows),
+                  pa.Table.from_pylist([SAMPLE_RECORD]).schema)
+    for split, table in tables.items():
+        with _replacing(out / f"{split}.parquet") as tmp:
+            pq.write_table(table if table.num_rows else schema.empty_table(), tmp)
 
 
 def record_tokens(record: dict) -> int:
@@ -261,7 +270,8 @@ t2 = pd.read_parquet("t2.parquet")
 - One repository and its commits: the records teach this code base; mix repositories for a general agent.
 - Duplicates are removed only when two rollout-one patches change the same lines; similar trajectories remain.
 - Token counts in the plots are estimates; filter with the target model's tokenizer (`sera curate --tokenizer`).
-- A split without records has files without columns, which `datasets` cannot load as a config.
+- `datasets` refuses to load a split without records ("corresponds to no data"); its Parquet file still has the
+  columns, for pandas and pyarrow.
 
 ## License
 

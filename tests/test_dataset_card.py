@@ -110,6 +110,17 @@ def test_datasets_loads_both_splits_from_parquet_jsonl_and_the_card(dataset, tmp
     assert {split: len(rows) for split, rows in by_config.items()} == {"t1": 3, "t2": 1}
 
 
+def test_an_empty_split_takes_the_other_splits_columns(dataset, tmp_path):
+    import pandas as pd
+
+    out, _ = dataset
+    atomic_write_jsonl(out / "t2.jsonl", [])
+    write_dataset_card(RunStore(tmp_path, "ledger", "manual__1"), json.loads((out / "stats.json").read_text()), [])
+    assert pq.read_schema(out / "t2.parquet") == pq.read_schema(out / "t1.parquet")
+    combined = pd.concat([pd.read_parquet(out / "t1.parquet"), pd.read_parquet(out / "t2.parquet")])
+    assert len(combined) == 3 and list(combined.columns) == ["messages", "instance_id", "tool_json", "changed_lines"]
+
+
 def test_plots_are_png_files(dataset):
     from matplotlib.image import imread
 
@@ -133,6 +144,8 @@ def test_an_empty_split_still_gets_parquet_and_plots(tmp_path):
              "mean_recall": None, "records": {"t1": 0, "t2": 0}}
     write_dataset_card(store, stats, [])
     assert pq.read_table(store.dataset_dir / "t2.parquet").to_pylist() == []
+    assert pq.read_schema(store.dataset_dir / "t2.parquet").names == ["messages", "instance_id", "tool_json",
+                                                                      "changed_lines"]
     card = (store.dataset_dir / CARD).read_text()
     assert "| mean recall | — |" in card and "| commits | — |" in card and "1 (hard: every changed line)" in card
     assert "| teacher | `not recorded` (model server `s`) |" in card and "the packaged pool" in card

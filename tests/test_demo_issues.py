@@ -207,6 +207,8 @@ def test_synthesize_imitates_a_scraped_issue(github, tmp_path, monkeypatch):
     with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
         ctx = context_with(tmp_path, teacher.url, source(api_url=github.url, token={"env": "SERA_TEST_DEMO_GH"}),
                            batching=BatchSettings(batch_size=2))
+        server = ctx.platform.model_servers["scripted"]  # two episodes at a time: batches of 2
+        ctx.platform.model_servers["scripted"] = server.model_copy(update={"concurrency": 1, "episodes_per_slot": 2})
         batches = prepare(ctx)
         assert len(batches) == 2
         for batch in batches:
