@@ -124,8 +124,8 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
         @fail_fast
         def assemble(_: object) -> dict:
             stats = pipeline.assemble(_context(platform, spec))
-            return {key: stats[key] for key in ("instances", "judged_good", "verified", "failed", "records",
-                                                "dataset_dir")}
+            return {key: stats[key] for key in ("instances", "judged_good", "verified", "failed", "not_started",
+                                                "cost_usd", "records", "dataset_dir")}
 
         @task(outlets=[dataset_asset(platform, spec)])
         @fail_fast

@@ -23,7 +23,7 @@ import pytest
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher
 from tests.conftest import ROOT
-from tests.live_stack import live_stack
+from tests.live_stack import TRAINING_DAG, live_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -141,10 +141,13 @@ def viewer(tmp_path_factory):
         platform = dry_run_platform(ROOT / "config" / "platform.yaml", work, teacher.url, storage_root=work / "store",
                                     overrides={"images": {"sandbox": "local"}})
         with live_stack(work, platform, login=(USER, password)) as stack:
-            run_id = stack.api.trigger({"max_functions": 2})
-            assert stack.api.finish(run_id, 300) == "success"
+            api = stack.api  # no training after the run: it is not looked at here, and would hold the CPUs
+            api.wait_for(lambda: api.call("PATCH", f"/api/v2/dags/{TRAINING_DAG}", {"is_paused": True})[0] == 200, 120,
+                         "the training DAG to be paused")
+            run_id = api.trigger({"max_functions": 2})
+            assert api.finish(run_id, 300) == "success"
             (run_dir,) = (work / "store" / "tinyledger" / "runs").iterdir()
-            yield stack.api.base, password, run_dir
+            yield api.base, password, run_dir
 
 
 def test_api_clients_get_401_and_browsers_the_login_page(viewer):
