@@ -127,7 +127,7 @@ def build_repo_dag(platform: PlatformConfig, spec: RepoSpec):
             return {key: stats[key] for key in ("instances", "judged_good", "verified", "failed", "not_started",
                                                 "cost_usd", "records", "dataset_dir")}
 
-        @task(outlets=[dataset_asset(platform, spec)])
+        @task(outlets=[dataset_asset(spec)])
         @fail_fast
         def publish(_: dict) -> dict:
             pointer = pipeline.publish(_context(platform, spec))

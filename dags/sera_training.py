@@ -15,7 +15,7 @@ from sera_ops.config import PlatformConfig, RepoSpec, load_platform, load_repos
 def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
     settings = spec.training
 
-    @dag(dag_id=f"sera_train__{spec.name}", schedule=[dataset_asset(platform, spec)], start_date=START,
+    @dag(dag_id=f"sera_train__{spec.name}", schedule=[dataset_asset(spec)], start_date=START,
          catchup=False, max_active_runs=1, default_args=default_args(platform, spec.owner),
          tags=sorted({*platform.defaults.tags, *spec.tags, "training"}), render_template_as_native_obj=True,
          description=f"Fine-tune on {spec.name}'s latest dataset ({settings.method}, {platform.training.backend})",

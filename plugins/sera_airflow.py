@@ -75,12 +75,11 @@ def fail_fast(body: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def dataset_asset(platform: PlatformConfig, spec: RepoSpec) -> Asset:
-    """The Asset a repository DAG's `publish` task updates; its training DAG is scheduled on it."""
-    from sera_ops.store import RunStore
-
-    published = RunStore(platform.storage_root, spec.name, "any").published_dir
-    return Asset(name=f"sera_dataset__{spec.name}", uri=published.as_uri())
+def dataset_asset(spec: RepoSpec) -> Asset:
+    """The Asset a repository DAG's `publish` task updates; its training DAG is scheduled on it. Its identity is the
+    repository's alone (not the store's path), so moving `storage_root` keeps the same Asset and its history; where
+    the dataset lies is in the published pointer (`datasets/latest.json`)."""
+    return Asset(name=f"sera_dataset__{spec.name}", uri=f"sera://datasets/{spec.name}")
 
 
 class SeraPlugin(AirflowPlugin):
@@ -99,7 +98,24 @@ def run_dag_locally(dag_id: str, conf: dict | None = None):
     if dag_id not in bag.dags:
         known = ", ".join(sorted(bag.dags)) or "none"
         raise KeyError(f"DAG '{dag_id}' not found (loaded: {known}; import errors: {bag.import_errors or 'none'})")
+    _retire_stale_assets(bag.dags[dag_id])
     return bag.dags[dag_id].test(run_conf=conf or {})
+
+
+def _retire_stale_assets(dag) -> None:
+    """Deactivate assets that share a name with one of this DAG's assets but not its URI (left by an earlier version
+    of the DAG), so that ours can be activated. A scheduler does this on its own loop; `dag.test()` has none."""
+    from airflow.models.asset import AssetActive
+    from airflow.utils.session import create_session
+    from sqlalchemy import and_, delete, or_
+
+    condition = getattr(dag.timetable, "asset_condition", None)
+    declared = [*(outlet for task in dag.tasks for outlet in task.outlets), *(condition.objects if condition else [])]
+    assets = {(asset.name, asset.uri) for asset in declared if hasattr(asset, "uri")}
+    if assets:
+        with create_session() as session:
+            session.execute(delete(AssetActive).where(or_(*(
+                and_(AssetActive.name == name, AssetActive.uri != uri) for name, uri in assets))))
 
 
 def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | list[str]):

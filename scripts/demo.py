@@ -145,9 +145,9 @@ def task_progress(out: TextIO) -> Iterator[None]:
     def reporting(*, ti: Any, **kwargs: Any) -> Any:
         started = time.monotonic()
         result = run_task(ti=ti, **kwargs)
-        state = getattr(ti.state, "value", ti.state)  # an enum from the SDK or from core, whichever set it last
+        state = str(getattr(ti.state, "value", ti.state))  # an enum from the SDK or from core, whichever set it
         if state == "success":
-            detail = _clip(counts(ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)), 90)
+            detail = _clip(counts(ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index)), 70)
         else:  # why, in full: the log has the traceback
             error = getattr(result, "error", None)
             detail = f"{type(error).__name__}: {error}".splitlines()[0] if error else ""
@@ -213,6 +213,8 @@ def summary(stats: dict, state: object, elapsed: float) -> str:
         ("rollout two", f"{stats['rollout_two']} episodes, {stats['verified']} verified "
                         f"(threshold {stats['threshold']}, mean recall {stats['mean_recall']})"),
         ("records", f"t1.jsonl {stats['records']['t1']}, t2.jsonl {stats['records']['t2']} ({stats['format']})"),
+        ("teacher", f"{stats['usage']['total']['calls']} calls, {stats['usage']['total']['prompt_tokens']:,} prompt + "
+                    f"{stats['usage']['total']['completion_tokens']:,} completion tokens, ${stats['cost_usd']:.4f}"),
     ]
     return "\n".join(f"{name:<13}  {value}" for name, value in rows)
 

@@ -75,7 +75,7 @@ class Message:
 
     role: str
     content: str
-    tool_calls: list[str] = field(default_factory=list)  # "bash: <command>" for each call the assistant made
+    tool_calls: list[str] = field(default_factory=list)  # "bash: <command>" for each command the assistant ran
 
 
 @dataclass(frozen=True)
@@ -264,9 +264,19 @@ def _read_trajectory_one(instance_dir: Path, trajectory_file: str | None) -> Any
 def _messages(trajectory: Any) -> list[Message] | None:
     if not isinstance(trajectory, dict):
         return None
-    return [Message(role=str(m.get("role", "")), content=_text(m.get("content")),
-                    tool_calls=[_tool_call(c) for c in m.get("tool_calls") or []])
+    return [Message(role=str(m.get("role", "")), content=_text(m.get("content")), tool_calls=_calls(m))
             for m in trajectory.get("messages") or [] if isinstance(m, dict)]
+
+
+def _calls(message: dict) -> list[str]:
+    """The commands an assistant message ran: its tool calls, or in text mode the actions that mini-swe-agent parsed
+    out of the reply (`extra.actions`)."""
+    if message.get("tool_calls"):
+        return [_tool_call(call) for call in message["tool_calls"]]
+    if message.get("role") != "assistant":
+        return []
+    actions = (message.get("extra") or {}).get("actions") or []
+    return [f"bash: {action['command']}" for action in actions if isinstance(action, dict) and "command" in action]
 
 
 def _text(content: Any) -> str:

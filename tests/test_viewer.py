@@ -125,6 +125,14 @@ def test_instance_detail_has_patches_pr_and_trajectories_without_extra(store):
     assert detail.trajectory_two[1].content.count(detail.synthetic_pr.splitlines()[0]) == 1
 
 
+def test_text_mode_commands_come_from_the_parsed_actions():
+    """A teacher without tool calls writes its command in a fenced block; mini-swe-agent keeps it in extra.actions."""
+    reply = {"role": "assistant", "content": "THOUGHT: look\n\n```mswea_bash_command\nls -la\n```",
+             "extra": {"actions": [{"command": "ls -la"}]}}
+    observation = {"role": "user", "content": "<returncode>0</returncode>", "extra": {"actions": [{"command": "x"}]}}
+    assert [m.tool_calls for m in runs._messages({"messages": [reply, observation]})] == [["bash: ls -la"], []]
+
+
 def test_missing_stage_files_read_as_none(store):
     iid = instance_ids(store, FAILED)[0]
     detail = runs.instance_detail(store, REPO, FAILED, iid)
