@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -304,10 +304,11 @@ def _build_image(ctx: RunContext, commit: str) -> dict:
         ref = images.local_sandbox(ctx.spec.name, commit, Path(snap.workdir))
     else:
         recipe = images.build_recipe(ctx.platform.images, ctx.spec, ctx.connection_lookup)
-        ref = images.build_commit_image(client, recipe, commit=commit, snapshot_dir=Path(snap.workdir),
-                                        top_level_folder=ctx.spec.top_level_folder, registry=ctx.platform.registry,
-                                        registry_password=ctx.registry_password(),
-                                        lock_dir=ctx.store.repo_dir / "cache" / "locks")
+        with closing(client):
+            ref = images.build_commit_image(client, recipe, commit=commit, snapshot_dir=Path(snap.workdir),
+                                            top_level_folder=ctx.spec.top_level_folder,
+                                            registry=ctx.platform.registry, registry_password=ctx.registry_password(),
+                                            lock_dir=ctx.store.repo_dir / "cache" / "locks")
     ctx.store.write_json(ctx.store.path("images", f"{commit}.json"), ref.to_dict())
     return ref.to_dict()
 

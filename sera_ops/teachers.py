@@ -169,9 +169,19 @@ def request_slot(server: ModelServer) -> threading.BoundedSemaphore:
         return _SLOTS.setdefault(key, threading.BoundedSemaphore(server.concurrency))
 
 
+_CLIENTS: dict[tuple[str, str, float, int], OpenAI] = {}
+
+
 def openai_client(server: ModelServer, api_key: str | None) -> OpenAI:
-    return OpenAI(base_url=server.base_url, api_key=api_key or NO_KEY, timeout=server.timeout_s,
-                  max_retries=server.max_retries)
+    """One client (and connection pool) per server and key in this process, shared by every episode, judge and
+    writer: a client per instance would leave thousands of idle sockets behind in a large batch. Usage is counted by
+    the callers, not the client, so sharing it changes no accounting."""
+    key = (server.base_url, api_key or NO_KEY, server.timeout_s, server.max_retries)
+    with _SLOTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = OpenAI(base_url=server.base_url, api_key=key[1], timeout=server.timeout_s,
+                                   max_retries=server.max_retries)
+        return _CLIENTS[key]
 
 
 def preflight(name: str, server: ModelServer, api_key: str | None) -> None:

@@ -159,7 +159,7 @@ def _append(directory: str, worker: int) -> None:
 
 
 def test_the_ledger_sums_parallel_processes_and_reads_only_whole_lines(tmp_path):
-    with ProcessPoolExecutor(max_workers=4) as pool:
+    with ProcessPoolExecutor(max_workers=4, max_tasks_per_child=1) as pool:  # four distinct processes
         list(pool.map(_append, [str(tmp_path)] * 4, range(4)))
     ledger = SpendLedger(tmp_path)
     assert len(list(tmp_path.glob("*.jsonl"))) == 4, "one file per process: no two writers share one"

@@ -95,6 +95,15 @@ def test_every_t2_instance_meets_the_threshold(run):
         assert verdict["recall"] >= threshold and verdict["resolved"]
 
 
+def test_synthetic_prs_leave_the_agent_to_find_the_file(run):
+    store = run["store"]
+    prs = {i["instance_id"]: (i["start_fn_file"], store.read_json(store.instance_file(i["instance_id"], "synth.json")))
+           for i in store.read_json(store.path("instances.json"))}
+    written = {iid: (path, synth["synth_pr"]) for iid, (path, synth) in prs.items() if synth and synth["synth_pr"]}
+    assert written
+    assert not [iid for iid, (path, pr) in written.items() if path in pr]
+
+
 def test_roles_alternate_and_only_assistant_turns_train(run):
     for name in ("t1.jsonl", "t2.jsonl"):
         for record in jsonl(run["store"].dataset_dir / name):

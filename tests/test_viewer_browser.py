@@ -73,7 +73,9 @@ class Browser:
 
     def _read(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._replies], [], [], max(0.0, deadline - time.monotonic()))
+            poller = select.poll()  # not select(): a long test session may hand out descriptors above 1023
+            poller.register(self._replies, select.POLLIN)
+            ready = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
             chunk = os.read(self._replies, 1 << 20) if ready else b""
             assert chunk, "Chromium did not answer (timed out or exited; see chromium.log)"
             self._buffer += chunk
