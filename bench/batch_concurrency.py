@@ -36,14 +36,9 @@ def one_batch(work: Path, teacher_url: str, concurrency: int, instances: int, sa
     spec = load_repos(platform)[0][0]
     spec = spec.model_copy(update={"batching": spec.batching.model_copy(update={"batch_size": instances})})
     ctx = RunContext.create(platform, spec, f"bench-c{concurrency}", RunParams(max_functions=instances))
-    for commit in pipeline.select_commits(ctx):
-        pipeline.build_image(ctx, commit)
-        pipeline.inventory(ctx, commit)
-    pipeline.sample(ctx)
-    (batch,) = pipeline.make_batches(ctx)
+    (batch,) = pipeline.prepare(ctx)
     started = time.perf_counter()
-    for stage in (pipeline.rollout_one, pipeline.synthesize, pipeline.rollout_two, pipeline.verify_batch):
-        stage(ctx, batch)
+    pipeline.rollouts(ctx, batch)
     return time.perf_counter() - started
 
 

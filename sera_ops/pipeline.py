@@ -717,8 +717,9 @@ def publish(ctx: RunContext) -> dict | None:
     return dataset.publish(ctx.store)
 
 
-def run_all(ctx: RunContext) -> dict:
-    """The whole pipeline in one process, stage by stage (what the DAG does, without a scheduler)."""
+def prepare(ctx: RunContext) -> list[str]:
+    """Everything before the rollouts, in one process: commits, mirror, images and inventories (a failing commit is
+    logged and left out, as its mapped task would fail alone), the sample and its batches."""
     commits = select_commits(ctx)
     mirror(ctx, commits)
     for commit in commits:
@@ -728,7 +729,12 @@ def run_all(ctx: RunContext) -> dict:
         except Exception:
             log.exception("repo %s commit %s failed; continuing with the others", ctx.spec.name, commit[:12])
     sample(ctx)
-    for batch_id in make_batches(ctx):
+    return make_batches(ctx)
+
+
+def run_all(ctx: RunContext) -> dict:
+    """The whole pipeline in one process (what the DAG does, without a scheduler)."""
+    for batch_id in prepare(ctx):
         rollouts(ctx, batch_id)
     stats = assemble(ctx)
     publish(ctx)
