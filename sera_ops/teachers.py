@@ -191,7 +191,10 @@ def preflight(name: str, server: ModelServer, api_key: str | None) -> None:
     timeout = min(server.timeout_s, PREFLIGHT_TIMEOUT_S)
     where = f"model server '{name}' at {server.base_url}"
     try:
-        openai_client(server, api_key).with_options(timeout=timeout, max_retries=0).models.list()
+        # A client of its own, not the shared pool: a kept-alive connection could answer for a server that no longer
+        # accepts new ones.
+        with OpenAI(base_url=server.base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0) as fresh:
+            fresh.models.list()
     except APITimeoutError:
         raise TeacherUnreachable(f"{where} did not answer GET /models within {timeout:g} s; is it hung or "
                                  "overloaded?") from None
