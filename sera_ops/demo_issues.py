@@ -25,6 +25,7 @@ from urllib3.util.retry import Retry
 
 from sera_ops import synth
 from sera_ops.config import GitHubDemoIssues, MirrorSettings, SecretLookup, resolve_secret
+from sera_ops.redaction import redact
 from sera_ops.store import atomic_write_json, read_json
 from sera_ops.synth import DemoIssue
 
@@ -158,17 +159,17 @@ def fetch(source: GitHubDemoIssues, api_url: str, token: str | None, per_page: i
                    else "needs a token; set synth.demo_issues_from.token")
         raise DemoIssuesError(f"{where}: GitHub {problem}", permanent=True) from None
     except RateLimitExceededException as error:
-        raise DemoIssuesError(_redact(f"{where}: rate limit exceeded ({_describe(error)}); a token raises the "
-                                      "limit", token), permanent=False) from None
+        raise DemoIssuesError(redact(f"{where}: rate limit exceeded ({_describe(error)}); a token raises the "
+                                      "limit", [token or ""]), permanent=False) from None
     except GithubException as error:
         permanent = error.status in CONFIG_STATUSES
         hint = "; check synth.demo_issues_from (the repository, its visibility to the token, labels)" \
             if permanent else ""
-        raise DemoIssuesError(_redact(f"{where}: GitHub answered {_describe(error)}{hint}", token),
+        raise DemoIssuesError(redact(f"{where}: GitHub answered {_describe(error)}{hint}", [token or ""]),
                               permanent=permanent) from None
     except requests.RequestException as error:
-        raise DemoIssuesError(_redact(f"cannot reach the GitHub API at {api_url} for demonstration issues from "
-                                      f"{source.github}: {error}", token), permanent=False) from None
+        raise DemoIssuesError(redact(f"cannot reach the GitHub API at {api_url} for demonstration issues from "
+                                      f"{source.github}: {error}", [token or ""]), permanent=False) from None
     counts = ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count)
     if not kept:
         raise DemoIssuesError(f"{where}: none of the {scanned} {source.state} issue(s) listed is usable "
@@ -216,10 +217,6 @@ def _read_cache(path: Path, key: dict[str, Any]) -> tuple[float, list[DemoIssue]
 def _describe(error: GithubException) -> str:
     message = error.data.get("message") if isinstance(error.data, dict) else error.data
     return f"{error.status} {message or error.message or ''}".strip()
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
 
 
 def _utc(seconds: float) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 from sera_ops import dataset, demo_issues, functions, history, image_sources, images, planner, prompts, sources, synth
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.errors import PermanentError
-from sera_ops.rollouts import Rollout, redact, run_episode
+from sera_ops.redaction import redact
+from sera_ops.rollouts import Rollout, run_episode
 from sera_ops.store import RunStore, claim, read_json
 from sera_ops.teachers import Budget, SpendLedger, TeacherClient, TeacherUnreachable, preflight, spend_ledger
 from sera_ops.verify import verify

@@ -18,18 +18,17 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sera_ops import prompts
 from sera_ops.config import ModelServer, RolloutSettings, SandboxLimits
 from sera_ops.images import ImageRef
+from sera_ops.redaction import redact
 from sera_ops.sandbox import SandboxError, open_sandbox, reap_orphans, trusted_unconfined
 from sera_ops.store import atomic_write_text
 from sera_ops.teachers import COST_LIMITED, AgentModel, Budget
 
 log = logging.getLogger(__name__)
 
-REDACTED = "[REDACTED]"
 _reaped_runs: set[str] = set()
 _reap_lock = threading.Lock()
 
@@ -71,17 +70,6 @@ class Rollout:
     @classmethod
     def from_dict(cls, data: dict) -> Rollout:
         return cls(**data)
-
-
-def redact(data: Any, secrets: list[str]) -> Any:
-    """Replace every occurrence of a secret value in every string of a JSON-like structure."""
-    secrets = [s for s in secrets if s and len(s) >= 4]
-    if not secrets:
-        return data
-    text = json.dumps(data)
-    for secret in secrets:
-        text = text.replace(json.dumps(secret)[1:-1], REDACTED)
-    return json.loads(text)
 
 
 def run_episode(*, instance_id: str, stage: int, attempt: int, task: str, image: ImageRef, server: ModelServer,
