@@ -20,7 +20,7 @@ DOCKERD_PIDFILE="$STATE/dockerd.pid"
 REGISTRY_PIDFILE="$STATE/registry.pid"
 # The storage driver that first worked is pinned: images made under one driver are invisible under another.
 DRIVER_FILE="$STATE/storage-driver"
-PACKAGES=(docker.io containerd runc iptables docker-registry debootstrap git busybox-static)
+PACKAGES=(docker.io containerd runc iptables docker-registry debootstrap git busybox-static redis-server)
 READY_TIMEOUT_S=60
 STOP_TIMEOUT_S=20
 
