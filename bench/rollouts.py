@@ -114,8 +114,8 @@ def plain_loop(platform: Path, work: Path, instances: int, workers: int) -> floa
     """The same model calls and episodes, with nothing around them: the floor the pipeline is measured against."""
     ctx = run_context(platform, "plain-loop", instances)
     pipeline.prepare(ctx)
-    chosen = [Instance.from_dict(record) for record in ctx.store.read_json(ctx.store.path("instances.json"))]
-    images = {i.commit: ImageRef.from_dict(read_json(ctx.store.path("images", f"{i.commit}.json"))) for i in chosen}
+    chosen = [Instance.from_dict(record) for record in ctx.store.instance_records()]
+    images = {i.commit: ImageRef.from_dict(read_json(ctx.store.image(i.commit))) for i in chosen}
     common = {"server": ctx.server, "api_key": ctx.api_key(), "settings": ctx.spec.rollout, "secrets": []}
 
     def one(instance: Instance) -> None:

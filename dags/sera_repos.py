@@ -18,7 +18,7 @@ import logging
 
 from airflow.sdk import Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
-from sera_airflow import START, connection_secret, dataset_asset, default_args, fail_fast
+from sera_airflow import START, connection_secret, dataset_asset, default_args, fail_fast, storage_root
 
 from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos, pool_name
 
@@ -30,7 +30,7 @@ def _context(platform: PlatformConfig, spec: RepoSpec):
 
     context = get_current_context()
     return RunContext.create(platform, spec, context["run_id"], RunParams.from_dict(context["params"]),
-                             connection_lookup=connection_secret)
+                             connection_lookup=connection_secret, storage_root=storage_root(platform))
 
 
 def _params(platform: PlatformConfig, spec: RepoSpec) -> dict[str, Param]:

@@ -19,8 +19,9 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
-from sera_ops.config import PlatformConfig, RepoSpec
+from sera_ops.config import PlatformConfig, RepoSpec, is_storage_url
 from sera_ops.errors import is_permanent
+from sera_ops.store import StorePath
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ def connection_secret(conn_id: str) -> str | None:
     except AirflowNotFoundException:
         log.info("no Airflow connection '%s'; falling back to the environment variable, if configured", conn_id)
         return None
+
+
+def storage_root(platform: PlatformConfig) -> StorePath:
+    """The run store's root for tasks and the viewer: a local path as configured, or object storage as an
+    `ObjectStoragePath` whose credentials come from the Airflow connection `storage_conn_id` (none: the backend's
+    defaults, e.g. the AWS credential chain). Imported here: the SDK's path is only needed for remote roots."""
+    if not is_storage_url(platform.storage_root):
+        return platform.storage_root
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(platform.storage_root, conn_id=platform.storage_conn_id)
 
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -119,11 +131,14 @@ def _retire_stale_assets(dag) -> None:
 
 
 def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | list[str]):
-    """The `train` task for the kubernetes backend: `python -m sera_ops.train <arguments>` in a pod that mounts the
-    storage root at the same path (so the job's paths hold) and asks for the configured CPU, memory and GPUs.
+    """The `train` task for the kubernetes backend: `accelerate launch --num_processes <gpus> ... -m sera_ops.train
+    <arguments>` (one training process per GPU, DDP or FSDP per the repository's `distributed`) in a pod that mounts
+    the storage root at the same path (so the job's paths hold) and asks for the configured CPU, memory and GPUs.
     No secret is passed to the pod: training reads only the dataset and writes the model."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
+
+    from sera_ops.train_jobs import launcher_command
 
     settings = platform.training.kubernetes
     limits = {"cpu": settings.cpu, "memory": settings.memory}
@@ -134,9 +149,13 @@ def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | l
         volumes.append(k8s.V1Volume(name="sera-store", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
             claim_name=settings.storage_claim)))
         mounts.append(k8s.V1VolumeMount(name="sera-store", mount_path=str(platform.storage_root)))
+    if settings.gpus > 1:  # NCCL exchanges through /dev/shm, which a container gets only 64 MiB of
+        volumes.append(k8s.V1Volume(name="shm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
+        mounts.append(k8s.V1VolumeMount(name="shm", mount_path="/dev/shm"))
     return KubernetesPodOperator(
         task_id="train", name=f"sera-train-{spec.name}", namespace=settings.namespace, image=settings.image,
-        cmds=["python", "-m", "sera_ops.train"], arguments=arguments, labels={"app": "sera-train", "repo": spec.name},
+        cmds=launcher_command(settings.gpus, spec.training.distributed), arguments=arguments,
+        labels={"app": "sera-train", "repo": spec.name},
         container_resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
         volumes=volumes, volume_mounts=mounts, node_selector=settings.node_selector or None,
         service_account_name=settings.service_account, startup_timeout_seconds=settings.startup_timeout_s,

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import sera_airflow
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sera_ops import runs
 from sera_ops.config import load_platform
-from sera_ops.dataset_card import CARD, PLOTS
-from sera_ops.store import RunStore
+from sera_ops.store import CARD, PLOTS, SPLITS, STATS, RepoStore, StorePath, is_local
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -57,8 +57,8 @@ app = FastAPI(title="SERA datasets", docs_url=None, redoc_url=None, openapi_url=
               dependencies=[Depends(airflow_login)])
 
 
-def storage_root() -> Path:
-    return load_platform().storage_root
+def storage_root() -> StorePath:
+    return sera_airflow.storage_root(load_platform())
 
 
 @app.exception_handler(LoginFirst)
@@ -74,8 +74,8 @@ async def not_found(request: Request, exc: runs.NotFound) -> HTMLResponse:
     return _page(request, "Not found", [], f"<p>{_e(exc)}</p>", status_code=404)
 
 
-DATASET_FILES = {CARD: "dataset card", "t1.parquet": "t1.parquet", "t2.parquet": "t2.parquet",
-                 "t1.jsonl": "t1.jsonl", "t2.jsonl": "t2.jsonl", "stats.json": "stats.json"}
+DATASET_FILES = {CARD: "dataset card", **{f"{split}.{kind}": f"{split}.{kind}" for kind in ("parquet", "jsonl")
+                                          for split in SPLITS}, STATS: STATS}
 MEDIA_TYPES = {".md": ("text/plain; charset=utf-8", True), ".jsonl": ("text/plain; charset=utf-8", True),
                ".json": ("application/json", True), ".png": ("image/png", True),
                ".parquet": ("application/vnd.apache.parquet", False)}
@@ -111,7 +111,7 @@ def stats_json(repo: str, run: str) -> JSONResponse:
 def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
     root = storage_root()
     detail = runs.run_detail(root, repo, run)
-    every_count = _link(_url(request, "api", repo, run, "stats"), "stats.json")
+    every_count = _link(_url(request, "api", repo, run, "stats"), STATS)
     stats = (_summary(detail.stats) + f"<p>Every count: {every_count}</p>"
              if detail.stats else "<p>Not assembled yet: the statistics appear when the run's dataset is built.</p>")
     rows = [[_link(_url(request, repo, run, i.instance_id), i.instance_id), _e(i.start_fn),
@@ -131,15 +131,20 @@ def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
 
 
 @app.get("/{repo}/{run}/dataset/{name}")
-def dataset_file(repo: str, run: str, name: str) -> FileResponse:
+def dataset_file(repo: str, run: str, name: str) -> Response:
     """One of the run's dataset files (DATASET_FILES or a plot): text and images inline, Parquet as a download."""
     root = storage_root()
     if not (name in DATASET_FILES or name.endswith(".png")) or name not in runs.dataset_files(root, repo, run):
         raise runs.NotFound(f"no dataset file {name!r} in run {run}")
-    path = RunStore(root, repo, run).dataset_dir / name
+    path = RepoStore(root, repo).run(run).dataset.dir / name
     media_type, inline = MEDIA_TYPES[Path(name).suffix]
-    return FileResponse(path, media_type=media_type, filename=None if inline else f"{repo}-{run}-{name}",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    filename = None if inline else f"{repo}-{run}-{name}"
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if is_local(path):
+        return FileResponse(path, media_type=media_type, filename=filename, headers=headers)
+    if filename:
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return Response(path.read_bytes(), media_type=media_type, headers=headers)
 
 
 @app.get("/{repo}/{run}/{instance_id}", response_class=HTMLResponse)
@@ -266,8 +271,8 @@ def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
 
 
 def _summary(stats: dict) -> str:
-    """stats.json as a reading: how many instances reached each stage (a bar against those sampled, the share of
-    the stage before), what was lost where, and the facts of the run."""
+    """The run's statistics as a reading: how many instances reached each stage (a bar against those sampled, the
+    share of the stage before), what was lost where, and the facts of the run."""
     def n(*keys: str) -> str:
         return _plain(_stat(stats, *keys))
 
@@ -303,7 +308,7 @@ def _summary(stats: dict) -> str:
             f'<th>notes</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{_key_values(facts)}')
 
 
-def _dataset(request: Request, root: Path, repo: str, run: str) -> str:
+def _dataset(request: Request, root: StorePath, repo: str, run: str) -> str:
     """Links to the dataset's files and every plot it has (older runs have no card, Parquet or plots)."""
     names = runs.dataset_files(root, repo, run)
     links = " · ".join(_link(_url(request, repo, run, "dataset", name), label)

@@ -32,7 +32,7 @@ from sera_ops.config import (  # noqa: E402
     load_platform,
     load_repos,
 )
-from sera_ops.store import RunStore  # noqa: E402
+from sera_ops.store import RepoStore, RunStore  # noqa: E402
 from sera_ops.testing.dry_run import SCRIPTED_SERVER, dry_run_platform  # noqa: E402
 from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
@@ -75,13 +75,13 @@ def main() -> int:
         elapsed = time.monotonic() - started
         trains = spec.training is not None and str(run.state) == "success"
         training = run_dag(f"sera_train__{args.repo}") if trains else None
-    store = RunStore(platform.storage_root, args.repo, run.run_id)
-    stats_file = store.dataset_dir / "stats.json"
+    store = RepoStore(platform.storage_root, args.repo).run(run.run_id)
+    stats_file = store.dataset.stats
     if not stats_file.exists():
         print(f"DAG run {run.state} in {elapsed:.0f} s before assembling a dataset; {log.relative_to(ROOT)} says why")
         return 1
     print(summary(json.loads(stats_file.read_text()), run.state, elapsed))
-    mirror = store.read_json(store.path("mirror.json"))
+    mirror = store.read_json(store.mirror)
     if mirror:
         print(f"{'mirror':<13}  {mirror['full_name']} ({'private' if mirror['private'] else 'public'}) on the local "
               f"GitHub double, {len(mirror['pushed'])} refs pushed")
@@ -186,7 +186,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def training_line(store: RunStore, training: object) -> str:
-    metrics = sorted((store.repo_dir / "models").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    metrics = sorted(store.repo_store.models_dir.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
     if str(training.state) != "success" or not metrics:
         return f"{'training':<13}  {training.state}"
     result = json.loads(metrics[-1].read_text())

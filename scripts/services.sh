@@ -5,10 +5,13 @@
 #   scripts/services.sh stop     stop both by PID (TERM, then KILL after 20 s)
 #   scripts/services.sh status   exit 0 iff the engine and the registry both answer
 #   scripts/services.sh env      print `export` lines for eval: DOCKER_HOST and SERA_REGISTRY
+#   scripts/services.sh start-engine   only an engine, with the base image: another worker's, next to the main one
+#                                      (`SERA_SERVICES_DIR=<dir> scripts/services.sh start-engine`; `stop` stops it)
 #
 # The engine gets its own socket, data root and exec root under the state dir, so it never clashes with another
 # engine on the machine. Settings: SERA_SERVICES_DIR (state dir, default <project>/var/services),
-# SERA_REGISTRY_PORT (default 5000), SERA_BASE_IMAGE (default sera-base:bookworm).
+# SERA_REGISTRY_PORT (default 5000), SERA_BASE_IMAGE (default sera-base:bookworm), SERA_BASE_FROM (start-engine:
+# the state dir of the engine whose base image is copied, default <project>/var/services).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +20,7 @@ REGISTRY_ADDR="127.0.0.1:${SERA_REGISTRY_PORT:-5000}"
 BASE_IMAGE="${SERA_BASE_IMAGE:-sera-base:bookworm}"
 SOCKET="$STATE/docker.sock"
 DOCKERD_PIDFILE="$STATE/dockerd.pid"
+BASE_FROM="$(realpath -m "${SERA_BASE_FROM:-$ROOT/var/services}")"
 REGISTRY_PIDFILE="$STATE/registry.pid"
 # The storage driver that first worked is pinned: images made under one driver are invisible under another.
 DRIVER_FILE="$STATE/storage-driver"
@@ -192,6 +196,33 @@ cmd_start() {
     SERA_SERVICES_DIR="$STATE" "$ROOT/scripts/build_base_image.sh"
 }
 
+# A commit image's fingerprint includes its base image's id, so every engine of a fleet must hold the same base
+# image, not merely the same files: importing the rootfs again would give a new id (it records the import time),
+# and that engine would rebuild every commit image instead of pulling it. So the base is copied from the engine
+# under SERA_BASE_FROM when that one has it, and only imported from the cached rootfs when none does.
+load_base_image() {
+    local source="unix://$BASE_FROM/docker.sock" id
+    if [[ $BASE_FROM == "$STATE" ]] ||
+        ! id="$(DOCKER_HOST=$source docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null)"; then
+        say "no engine at $source has $BASE_IMAGE; importing it from the cached rootfs (an id of its own)"
+        SERA_SERVICES_DIR="$BASE_FROM" "$ROOT/scripts/build_base_image.sh"  # its cache, this engine (DOCKER_HOST)
+        return
+    fi
+    if [[ "$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null)" == "$id" ]]; then
+        say "$BASE_IMAGE is up to date (${id:7:12})"
+        return 0
+    fi
+    DOCKER_HOST=$source docker save "$BASE_IMAGE" | docker load >/dev/null
+    say "copied $BASE_IMAGE (${id:7:12}) from $source"
+}
+
+cmd_start_engine() {
+    ensure_packages
+    mkdir -p "$STATE"
+    start_dockerd
+    load_base_image
+}
+
 cmd_stop() {
     stop_service registry "$REGISTRY_PIDFILE" docker-registry
     stop_service dockerd "$DOCKERD_PIDFILE" dockerd
@@ -227,8 +258,9 @@ cmd_env() {
 
 case "${1:-}" in
     start) cmd_start ;;
+    start-engine) cmd_start_engine ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|start-engine|stop|status|env" >&2; exit 2 ;;
 esac

@@ -41,7 +41,7 @@ from sera_ops.images import ImageBuildError
 from sera_ops.mirror import MirrorError
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
 from sera_ops.sources import SourceError
-from sera_ops.store import RunStore, atomic_write_text
+from sera_ops.store import RepoStore, atomic_write_text
 
 USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError, DemoIssuesError)
 """Problems the user can fix (configuration, sources, images, the teacher): one line on stderr, no traceback."""
@@ -102,8 +102,7 @@ def explain_unusable_repo(name: str, specs: list[RepoSpec], errors: list[ConfigE
 
 
 def _stats(args: argparse.Namespace) -> int:
-    store = RunStore(load_platform(args.platform).storage_root, args.repo, args.run_id)
-    path = store.dataset_dir / "stats.json"
+    path = RepoStore(load_platform(args.platform).storage_root, args.repo).run(args.run_id).dataset.stats
     if not path.exists():
         print(f"no statistics at {path}: the run has not been assembled (or the repo/run id is wrong)",
               file=sys.stderr)
@@ -296,13 +295,14 @@ def parser() -> argparse.ArgumentParser:
                                 help="Airflow pools for the model servers (for `airflow pools import`)")
     pools.add_argument("--out", help="write to this file instead of stdout")
     pools.set_defaults(func=_pools)
-    stats = commands.add_parser("stats", parents=[common], help="print a run's stats.json")
+    stats = commands.add_parser("stats", parents=[common], help="print a run's statistics (JSON)")
     stats.add_argument("repo")
     stats.add_argument("run_id")
     stats.set_defaults(func=_stats)
     curation = commands.add_parser("curate", help="filter and subsample published datasets into a new dataset")
     curation.add_argument("datasets", nargs="+", type=Path, help="dataset directories (t1.jsonl, t2.jsonl, stats.json)")
-    curation.add_argument("--out", type=Path, required=True, help="new directory for t1/t2.jsonl and curation.json")
+    curation.add_argument("--out", type=Path, required=True,
+                          help="new directory for the curated t1/t2 records and the curation report")
     curation.add_argument("--filter", action="append", default=[], metavar="NAME[=N]",
                           help="long_edit[=40] (changed lines) or user_length[=600] (mean tokens per user turn); "
                                "drops records above N; repeatable, applied in order")

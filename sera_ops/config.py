@@ -16,9 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sera_ops.postprocess import PostprocessOptions
-from sera_ops.train import TrainSettings
-from sera_ops.train_jobs import TrainingPlatformSettings
+from sera_ops.train_settings import TrainingPlatformSettings, TrainSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PLATFORM_CONFIG_ENV = "SERA_PLATFORM_CONFIG"
@@ -183,6 +181,24 @@ class MirrorSettings(_Strict):
         return value
 
 
+class PostprocessOptions(BaseModel):
+    """Export options (sera.md §7.3); `reformat` applies to the hermes format only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["hermes", "xml", "raw"] = "hermes"
+    add_think: bool = False
+    add_train_key: bool = True
+    include_tool_json: bool = True
+    reformat: Literal["keep_only_think", "keep_only_non_think"] | None = "keep_only_think"
+    enforce_submit: bool = True
+
+    @property
+    def reformats(self) -> bool:
+        """Whether assistant turns become think block + tool calls: SERA reformats the hermes format only."""
+        return self.format == "hermes" and self.reformat is not None
+
+
 class PlatformDefaults(_Strict):
     model_server: str
     owner: str = "sera"
@@ -192,7 +208,14 @@ class PlatformDefaults(_Strict):
 
 
 class PlatformConfig(_Strict):
-    storage_root: Path
+    storage_root: Path | str
+    """A local directory, or an object-storage URL (`s3://bucket/prefix`, `gs://bucket/prefix`)."""
+    storage_conn_id: str | None = None
+    """The Airflow connection with the object store's credentials (e.g. `aws_default`); outside Airflow, storage
+    options come from $SERA_STORAGE_OPTIONS. Never put credentials in this file."""
+    local_cache_dir: Path | None = None
+    """Worker-local disk for git clones, snapshots and build locks when `storage_root` is remote (default
+    ~/.cache/sera)."""
     repos_dir: Path = Path("repos")
     registry: RegistrySettings = RegistrySettings()
     images: ImageSettings = ImageSettings()
@@ -201,6 +224,11 @@ class PlatformConfig(_Strict):
     training: TrainingPlatformSettings = TrainingPlatformSettings()
     github: MirrorSettings | None = None
     source_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("storage_root", mode="after")
+    @classmethod
+    def _local_root_is_a_path(cls, value: Path | str) -> Path | str:
+        return value if is_storage_url(value) else Path(value)
 
     @model_validator(mode="after")
     def _default_server_exists(self) -> PlatformConfig:
@@ -346,6 +374,7 @@ IMAGE_SOURCES = ("swebench", "swesmith", "images")
 """`source` values naming existing images instead of a git repository; each reads its own section of the file."""
 SWEBENCH_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__[A-Za-z0-9_.-]+-[0-9]+$")
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+STORAGE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 SWESMITH_REPO_NAME = re.compile(r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9-]*)__(?P<repo>[A-Za-z0-9_.-]+)\."
                                 r"(?P<commit>[0-9a-f]{8})$")
 
@@ -541,6 +570,11 @@ def _resolve(base: Path, value: Path | None) -> Path | None:
     return value if value.is_absolute() else (base / value).resolve()
 
 
+def is_storage_url(root: Path | str) -> bool:
+    """Whether a storage root names object storage (`s3://…`, `gs://…`) rather than a local directory."""
+    return isinstance(root, str) and bool(STORAGE_URL.match(root)) and not root.startswith("file://")
+
+
 def default_platform_path() -> Path:
     return Path(os.environ.get(PLATFORM_CONFIG_ENV) or PROJECT_ROOT / "config" / "platform.yaml")
 
@@ -554,7 +588,9 @@ def load_platform(path: Path | str | None = None) -> PlatformConfig:
         raise _as_config_error(path, exc) from None
     base = path.resolve().parent
     return config.model_copy(update={
-        "storage_root": _resolve(base, config.storage_root),
+        "storage_root": (config.storage_root if is_storage_url(config.storage_root)
+                         else _resolve(base, Path(config.storage_root))),
+        "local_cache_dir": _resolve(base, config.local_cache_dir),
         "repos_dir": _resolve(base, config.repos_dir),
         "source_file": path.resolve(),
     })
@@ -734,7 +770,7 @@ def _source_findings(file: str, source: str) -> list[Finding]:
         return [Finding(level="error", file=file, field="source", problem=problem)]
 
     if source.startswith("bundled:"):
-        from sera_ops.testing.sample_repo import SAMPLE_REPOS
+        from sera_ops.samples import SAMPLE_REPOS
 
         name = source.removeprefix("bundled:")
         return [] if name in SAMPLE_REPOS else error(f"no bundled sample '{name}' (available: "

@@ -36,9 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sera_ops.store import atomic_write_json, atomic_write_jsonl, read_json
+from sera_ops.store import SPLITS, DatasetFiles, StorePath, atomic_write_json, atomic_write_jsonl, read_json, store_root
 
-SPLITS = ("t1", "t2")
 FILTER_DEFAULTS = {"long_edit": 40, "user_length": 600}
 SUBSAMPLE_MODES = ("random", "repo", "tokens")
 ESTIMATE = "estimate"
@@ -122,13 +121,15 @@ def load_datasets(dataset_dirs: Iterable[Path]) -> tuple[dict[str, list[Sample]]
     """Every input's records per split, tagged with its repository, and a description of each input."""
     samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     inputs = []
-    for directory in map(Path, dataset_dirs):
-        if not (directory / "stats.json").is_file():
-            raise ValueError(f"{directory} is not a dataset directory (no stats.json); pass a run's dataset/ folder")
-        repo = read_json(directory / "stats.json")["repo"]
+    for directory in map(store_root, dataset_dirs):
+        files = DatasetFiles(directory)
+        if not files.stats.is_file():
+            raise ValueError(f"{directory} is not a dataset directory (no {files.stats.name}); pass a run's dataset/ "
+                             "folder")
+        repo = read_json(files.stats)["repo"]
         counts = {}
         for split in SPLITS:
-            path = directory / f"{split}.jsonl"
+            path = files.split(split)
             records = [Sample(repo, record) for record in read_jsonl(path)] if path.exists() else []
             samples[split] += records
             counts[split] = len(records)
@@ -136,7 +137,7 @@ def load_datasets(dataset_dirs: Iterable[Path]) -> tuple[dict[str, list[Sample]]
     return samples, inputs
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: StorePath) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -221,7 +222,7 @@ def curate(dataset_dirs: list[Path], out: Path, steps: list[Step], seed: int = 0
         report_steps.append({**step.describe(), **counts})
     report = {"inputs": inputs, "tokenizer": str(tokenizer_dir) if tokenizer_dir else ESTIMATE, "seed": seed,
               "steps": report_steps,
-              "records": {split: atomic_write_jsonl(out / f"{split}.jsonl", (s.record for s in samples[split]))
+              "records": {split: atomic_write_jsonl(DatasetFiles(out).split(split), (s.record for s in samples[split]))
                           for split in SPLITS}}
-    atomic_write_json(out / "curation.json", report)
+    atomic_write_json(DatasetFiles(out).curation, report)
     return report

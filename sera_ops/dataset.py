@@ -19,10 +19,11 @@ import time
 from collections import Counter
 from typing import Any
 
+from sera_ops.config import PostprocessOptions
 from sera_ops.dataset_card import write_dataset_card
-from sera_ops.postprocess import PostprocessOptions, trajectory_to_record
+from sera_ops.postprocess import trajectory_to_record
 from sera_ops.rollouts import Rollout
-from sera_ops.store import RunStore, atomic_write_jsonl, read_json
+from sera_ops.store import RolloutOne, RunStore, atomic_write_jsonl, read_json, store_url
 from sera_ops.teachers import COST_LIMITED, SpendLedger
 from sera_ops.verify import changed_lines
 
@@ -67,24 +68,22 @@ class _Usage:
 def _failure(store: RunStore, instance_id: str, stage: str) -> tuple[str, str]:
     """The stage an instance failed at and why: its recorded error's first line, or that the stage never ran (and why,
     when the run's cost limit stopped it)."""
-    recorded = store.read_json(store.instance_file(instance_id, f"{stage}.error.json"))
+    recorded = store.error(instance_id, stage)
     if recorded:
-        return stage, recorded["error"].splitlines()[0][:300]
-    stopped = store.read_json(store.instance_file(instance_id, "not_started.json"))
-    return stage, f"not run ({stopped['reason'] if stopped else 'its batch task failed or never ran'})"
+        return stage, recorded.first_line
+    stopped = store.not_started(instance_id)
+    return stage, f"not run ({stopped.reason if stopped else 'its batch task failed or never ran'})"
 
 
-def _cost_limited(store: RunStore, instance_id: str, rollout_one: dict) -> bool:
+def _cost_limited(store: RunStore, instance_id: str, rollout_one: RolloutOne) -> bool:
     """Whether the instance's cost limit stopped any of its stages."""
-    synthesis = store.read_json(store.instance_file(instance_id, "synth.json")) or {}
-    two = store.read_json(store.instance_file(instance_id, "rollout2.json"))
-    return bool(rollout_one.get(COST_LIMITED) or synthesis.get(COST_LIMITED) or
-                (two and Rollout.from_dict(two).cost_limited))
+    synthesis, two = store.synth(instance_id), store.rollout_two(instance_id)
+    return bool(rollout_one.cost_limited or (synthesis and synthesis.cost_limited) or (two and two.cost_limited))
 
 
 def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict:
     """Write the dataset files and return the statistics (also written as stats.json), `header` first."""
-    instances = sorted(store.read_json(store.path("instances.json"), []), key=lambda r: r["instance_id"])
+    instances = sorted(store.instance_records(), key=lambda r: r["instance_id"])
     counts: Counter[str] = Counter()
     usage = _Usage()
     failures: list[tuple[str, str]] = []
@@ -92,57 +91,56 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
     for record in instances:
         iid = record["instance_id"]
         counts["instances"] += 1
-        counts.update(f"{stage}_errors" for stage in STAGES
-                      if store.instance_file(iid, f"{stage}.error.json").exists())
-        one = store.read_json(store.instance_file(iid, "rollout1.json"))
+        files = store.instance(iid)
+        counts.update(f"{stage}_errors" for stage in STAGES if files.error(stage).exists())
+        one = store.rollout_one(iid)
         if not one:
-            if store.instance_file(iid, "not_started.json").exists():
+            if files.not_started.exists():
                 counts["not_started"] += 1
             else:
                 failures.append(_failure(store, iid, "rollout1"))
             continue
-        final = Rollout.from_dict(one["final"])
+        final = one.final
         counts["rollout_one"] += 1
-        counts["rollout_one_attempts"] += len(one["attempts"])
+        counts["rollout_one_attempts"] += len(one.attempts)
         counts["rollout_one_submitted"] += final.submitted
-        for attempt in one["attempts"]:
+        for attempt in one.attempts:
             usage.add_agent("rollout1", Rollout.from_dict(attempt["rollout"]))
-        usage.add("rollout1", "judge", one["judge_usage"])
+        usage.add("rollout1", "judge", one.judge_usage)
         counts[COST_LIMITED] += _cost_limited(store, iid, one)
-        if not one["is_good_patch"]:
+        if not one.is_good_patch:
             continue
         counts["judged_good"] += 1
-        if store.instance_file(iid, "duplicate.json").exists():
+        if files.duplicate.exists():
             counts["duplicate_patches"] += 1
             continue
-        if rec := trajectory_to_record(read_json(store.instance_file(iid, final.trajectory_file)), iid, options):
+        if rec := trajectory_to_record(store.trajectory(iid, final.trajectory_file), iid, options):
             t1.append({**rec, "changed_lines": len(changed_lines(final.patch))})
-        synthesis = store.read_json(store.instance_file(iid, "synth.json"))
+        synthesis = store.synth(iid)
         if synthesis is None:
             failures.append(_failure(store, iid, "synth"))
             continue
-        counts["synthetic_prs"] += bool(synthesis["synth_pr"])
-        if "writer_usage" in synthesis:  # not in records from before writer usage was kept
-            usage.add("synth", "writer", synthesis["writer_usage"])
-        two = store.read_json(store.instance_file(iid, "rollout2.json"))
+        counts["synthetic_prs"] += bool(synthesis.synth_pr)
+        if synthesis.writer_usage is not None:  # not in records from before writer usage was kept
+            usage.add("synth", "writer", synthesis.writer_usage)
+        two = store.rollout_two(iid)
         if not two:
-            if synthesis["synth_pr"]:
+            if synthesis.synth_pr:
                 failures.append(_failure(store, iid, "rollout2"))
             continue
-        second = Rollout.from_dict(two)
         counts["rollout_two"] += 1
-        counts["rollout_two_submitted"] += second.submitted
-        usage.add_agent("rollout2", second)
-        verdict = store.read_json(store.instance_file(iid, "verdict.json"))
+        counts["rollout_two_submitted"] += two.submitted
+        usage.add_agent("rollout2", two)
+        verdict = store.verdict(iid)
         if verdict is None:
             continue
-        recalls.append(verdict["recall"])
-        if not verdict["resolved"]:
+        recalls.append(verdict.recall)
+        if not verdict.resolved:
             continue
         counts["verified"] += 1
-        if rec := trajectory_to_record(read_json(store.instance_file(iid, "rollout2.traj.json")), iid, options):
-            t2.append({**rec, "changed_lines": len(changed_lines(two["patch"]))})
-    out = store.dataset_dir
+        if rec := trajectory_to_record(read_json(files.rollout_two_trajectory), iid, options):
+            t2.append({**rec, "changed_lines": len(changed_lines(two.patch))})
+    out = store.dataset
     known = [r for r in recalls if r is not None]
     failed_at = Counter(stage for stage, _ in failures)
     stats = {
@@ -154,11 +152,11 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
                                     .most_common(TOP_ERRORS))},
         "usage": usage.to_dict(),
         "cost_usd": round(usage.total["cost_usd"], 6),
-        "spent_usd": round(SpendLedger(store.path("spend")).total(), 6),
-        "records": {"t1": atomic_write_jsonl(out / "t1.jsonl", t1), "t2": atomic_write_jsonl(out / "t2.jsonl", t2)},
-        "dataset_dir": str(out),
+        "spent_usd": round(SpendLedger(store.spend_dir).total(), 6),
+        "records": {"t1": atomic_write_jsonl(out.split("t1"), t1), "t2": atomic_write_jsonl(out.split("t2"), t2)},
+        "dataset_dir": store_url(out.dir),
     }
-    store.write_json(out / "stats.json", stats)
+    store.write_json(out.stats, stats)
     write_dataset_card(store, stats, known)
     return stats
 
@@ -166,11 +164,11 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
 def publish(store: RunStore) -> dict | None:
     """Point `<repo>/datasets/latest.json` at this run's dataset (what training picks up by default); None when the
     run produced no records, so nothing downstream is triggered by an empty dataset."""
-    stats = read_json(store.dataset_dir / "stats.json")
+    stats = read_json(store.dataset.stats)
     if not any(stats["records"].values()):
         return None
     pointer = {"repo": store.repo, "run_id": store.run_id, "dataset_dir": stats["dataset_dir"],
                "records": stats["records"], "published_at": time.time()}
-    store.write_json(store.published_dir / f"{store.run_dir.name}.json", pointer)
-    store.write_json(store.latest_dataset, pointer)
+    store.write_json(store.repo_store.published_pointer(store.run_id), pointer)
+    store.write_json(store.repo_store.latest_dataset, pointer)
     return pointer

@@ -3,17 +3,15 @@
 `assemble` calls `write_dataset_card` after stats.json, so every run's `dataset/` also holds `t1.parquet`,
 `t2.parquet` (the same records, for pandas and `datasets`), `README.md` (a Hugging Face dataset card: a YAML header
 with a config per split and the run's provenance, then what the records are, how to load them and what they cannot
-promise) and the plots in `PLOTS`. Each file is written to a temp file and renamed into place, like the rest of the
-run store. `push_dataset` uploads such a folder to a Hugging Face Hub dataset repository.
+promise) and the plots in `store.PLOTS`. Each file is written to a temp file and renamed into place (or uploaded in
+one PUT), like the rest of the run store. `push_dataset` uploads such a folder to a Hugging Face Hub dataset repository.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,18 +20,14 @@ import yaml
 
 from sera_ops.curate import SPLITS, chatml_tokens, estimate_tokens, read_jsonl
 from sera_ops.postprocess import BASH_TOOL_JSON
-from sera_ops.store import RunStore, atomic_write_text
+from sera_ops.store import DatasetFiles, RunStore, atomic_write_text, replacing
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-PLOTS = ("funnel.png", "recall.png", "turns.png", "tokens.png", "commits.png")
-CARD = "README.md"
-PUBLISHED = (CARD, "stats.json", *(f"{split}.{kind}" for split in SPLITS for kind in ("jsonl", "parquet")), *PLOTS)
-"""What `push_dataset` uploads: not curation files or temp files that may sit in the folder."""
 FUNNEL = (("instances", "instances"), ("rollout_one", "rollout one"), ("judged_good", "judged good"),
           ("synthetic_prs", "synthetic PRs"), ("rollout_two", "rollout two"), ("verified", "verified"))
-"""stats.json keys of the stages an instance passes, in order, with their labels."""
+"""The statistics' keys of the stages an instance passes, in order, with their labels."""
 PROMPTS_PACKAGE = "sera_ops.prompts"
 SAMPLE_RECORD = {"messages": [{"role": "user", "content": "", "train": False}], "instance_id": "",
                  "tool_json": BASH_TOOL_JSON, "changed_lines": 0}
@@ -43,30 +37,19 @@ of many runs combine (pandas, pyarrow datasets) whether a split happened to be e
 
 def write_dataset_card(store: RunStore, stats: dict, recalls: list[float]) -> None:
     """Parquet, plots and the card for the run's dataset; `recalls` are rollout two's recalls (every verdict)."""
-    out = store.dataset_dir
-    records = {split: read_jsonl(out / f"{split}.jsonl") for split in SPLITS}
+    out = store.dataset
+    records = {split: read_jsonl(out.split(split)) for split in SPLITS}
     _write_parquet(out, records)
     failed = set(stats["commits"]["failed"])
-    commits = [c for c in store.read_json(store.path("commits.json"), {}).get("commits", []) if c not in failed]
-    commit_of = {i["instance_id"]: i["commit"] for i in store.read_json(store.path("instances.json"), [])}
+    commits = [c for c in store.read_json(store.commits, {}).get("commits", []) if c not in failed]
+    commit_of = {i["instance_id"]: i["commit"] for i in store.instance_records()}
     per_commit = {split: Counter(commit_of[r["instance_id"]] for r in rows) for split, rows in records.items()}
     _write_plots(out, stats, records, recalls, {commit: {split: per_commit[split][commit] for split in SPLITS}
                                                 for commit in commits})
-    atomic_write_text(out / CARD, card_text(stats, commits, store.read_json(store.path("manifest.json"), {})))
+    atomic_write_text(out.card, card_text(stats, commits, store.read_json(store.manifest, {})))
 
 
-@contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temp path beside `path` for a writer that wants a file name; renamed onto `path` when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_parquet(out: Path, records: dict[str, list[dict]]) -> None:
+def _write_parquet(out: DatasetFiles, records: dict[str, list[dict]]) -> None:
     """`<split>.parquet` per split; an empty one gets the other split's columns (else SAMPLE_RECORD's)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -75,7 +58,7 @@ def _write_parquet(out: Path, records: dict[str, list[dict]]) -> None:
     schema = next((table.schema for table in tables.values() if table.num_rows),
                   pa.Table.from_pylist([SAMPLE_RECORD]).schema)
     for split, table in tables.items():
-        with _replacing(out / f"{split}.parquet") as tmp:
+        with replacing(out.parquet(split)) as tmp:
             pq.write_table(table if table.num_rows else schema.empty_table(), tmp)
 
 
@@ -84,20 +67,20 @@ def record_tokens(record: dict) -> int:
     return sum(chatml_tokens(message, estimate_tokens) for message in record["messages"])
 
 
-def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls: list[float],
+def _write_plots(out: DatasetFiles, stats: dict, records: dict[str, list[dict]], recalls: list[float],
                  per_commit: dict[str, dict[str, int]]) -> None:
     """The funnel of stage counts; histograms of rollout two's recall against the threshold and of assistant turns
     and tokens per record (t1 and t2); records per commit."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    def plot(name: str, draw: Callable[[Axes], None]) -> None:
+    def plot(kind: str, draw: Callable[[Axes], None]) -> None:
         figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
         draw(figure.subplots())
-        with _replacing(out / name) as tmp:
+        with replacing(out.plot(kind)) as tmp:
             figure.savefig(tmp, format="png")
 
-    def histogram(name: str, title: str, xlabel: str, series: dict[str, list[float]], bins: int | list[float],
+    def histogram(kind: str, title: str, xlabel: str, series: dict[str, list[float]], bins: int | list[float],
                   marker: float | None = None) -> None:
         def draw(axes: Axes) -> None:
             axes.hist(list(series.values()), bins=bins,
@@ -107,7 +90,7 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
             axes.set(title=title, xlabel=xlabel, ylabel="count")
             axes.yaxis.set_major_locator(MaxNLocator(integer=True))
             axes.legend()
-        plot(name, draw)
+        plot(kind, draw)
 
     def funnel(axes: Axes) -> None:
         counts = [stats[key] for key, _ in FUNNEL]
@@ -129,17 +112,17 @@ def _write_plots(out: Path, stats: dict, records: dict[str, list[dict]], recalls
         axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend()
 
-    plot("funnel.png", funnel)
-    histogram("recall.png", "Rollout two: changed-line recall of P1", "recall", {"rollout two": recalls},
+    plot("funnel", funnel)
+    histogram("recall", "Rollout two: changed-line recall of P1", "recall", {"rollout two": recalls},
               bins=[i / 10 for i in range(11)], marker=stats["threshold"])
     turns = {split: [sum(m["role"] == "assistant" for m in r["messages"]) for r in rows]
              for split, rows in records.items()}
     most = max((n for values in turns.values() for n in values), default=1)
-    histogram("turns.png", "Assistant turns per record", "assistant turns", turns,
+    histogram("turns", "Assistant turns per record", "assistant turns", turns,
               bins=[n - 0.5 for n in range(most + 2)])  # one bar per whole number of turns
-    histogram("tokens.png", "Tokens per record (estimated)", "tokens",
+    histogram("tokens", "Tokens per record (estimated)", "tokens",
               {split: [record_tokens(r) for r in rows] for split, rows in records.items()}, bins=20)
-    plot("commits.png", commits)
+    plot("commits", commits)
 
 
 def prompt_versions() -> dict[str, str]:
@@ -283,10 +266,11 @@ repository's code and whatever the teacher model wrote.
 def published_files(dataset_dir: Path) -> list[Path]:
     """The files of an assembled dataset folder that belong on the Hub; a folder without its card and Parquet files
     (one that `assemble` did not write, or a curated one) is refused rather than half uploaded."""
-    missing = [name for name in (CARD, *(f"{split}.parquet" for split in SPLITS)) if not (dataset_dir / name).is_file()]
+    files = DatasetFiles(dataset_dir)
+    missing = [path.name for path in (files.card, *(files.parquet(split) for split in SPLITS)) if not path.is_file()]
     if missing:
         raise ValueError(f"{dataset_dir} is not an assembled dataset folder: it has no {', '.join(missing)}")
-    return [dataset_dir / name for name in PUBLISHED if (dataset_dir / name).is_file()]
+    return [path for path in files.published if path.is_file()]
 
 
 def push_dataset(dataset_dir: Path, repo_id: str, *, private: bool = True, dry_run: bool = False) -> list[Path]:

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.github.com"
-CACHE_FILE = "demo_issues.json"
 TOKEN_ENV = "GITHUB_TOKEN"
 SCAN_FACTOR = 10
 """List at most this many items per wanted issue: GitHub's issue listing includes pull requests, which are skipped."""
@@ -70,7 +69,7 @@ def pool_for(ctx: RunContext) -> list[DemoIssue]:
         return synth.demo_pool(settings)
     api_url, token = endpoint(source, ctx.platform.github, ctx.connection_lookup)
     try:
-        return cached_pool(source, api_url, token, ctx.store.repo_dir / "cache" / CACHE_FILE)
+        return cached_pool(source, api_url, token, ctx.store.repo_store.demo_issues_cache)
     except DemoIssuesError as error:
         if error.permanent or source.fallback != "packaged":
             raise

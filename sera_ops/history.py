@@ -13,8 +13,6 @@ from pathlib import Path
 from sera_ops.functions import StartFunction
 from sera_ops.store import RunStore, read_json
 
-FINGERPRINTS = "fingerprints.json"
-
 
 def fingerprint(snapshot_dir: Path, function: StartFunction) -> str:
     lines = (snapshot_dir / function.file).read_text(encoding="utf-8", errors="replace").splitlines()
@@ -22,17 +20,17 @@ def fingerprint(snapshot_dir: Path, function: StartFunction) -> str:
     return hashlib.sha256(f"{function.file}\0{function.name}\0{source}".encode()).hexdigest()[:20]
 
 
-def _earlier_runs(store: RunStore) -> list[Path]:
-    runs = store.repo_dir / "runs"
-    return sorted(p for p in runs.iterdir() if p.is_dir() and p != store.run_dir) if runs.is_dir() else []
+def _earlier_runs(store: RunStore) -> list[RunStore]:
+    repo = store.repo_store
+    return [repo.run(name) for name in repo.run_names() if name != store.name]
 
 
 def seen_commits(store: RunStore) -> set[str]:
     """Commits of earlier runs that got as far as an assembled dataset."""
     seen: set[str] = set()
     for run in _earlier_runs(store):
-        if (run / "dataset" / "stats.json").exists() and (run / "commits.json").exists():
-            seen.update(read_json(run / "commits.json")["commits"])
+        if run.dataset.stats.exists() and run.commits.exists():
+            seen.update(read_json(run.commits)["commits"])
     return seen
 
 
@@ -40,9 +38,7 @@ def seen_functions(store: RunStore) -> set[str]:
     """Fingerprints of start functions that an earlier run finished rollout one on."""
     seen: set[str] = set()
     for run in _earlier_runs(store):
-        if not (run / FINGERPRINTS).exists():
-            continue
-        for instance_id, value in read_json(run / FINGERPRINTS).items():
-            if (run / "instances" / instance_id / "rollout1.json").exists():
+        for instance_id, value in run.read_json(run.fingerprints, {}).items():
+            if run.instance(instance_id).rollout_one.exists():
                 seen.add(value)
     return seen

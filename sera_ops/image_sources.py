@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sera_ops import images, sources
 from sera_ops.config import IMAGE_SOURCES, SWESMITH_REPO_NAME, RegistrySettings, RepoSpec
-from sera_ops.store import RunStore, safe_name
+from sera_ops.store import safe_name
 
 if TYPE_CHECKING:
     from sera_ops.pipeline import RunContext
@@ -153,15 +153,15 @@ def record_image(ctx: RunContext, key: str) -> dict:
     A snapshot or inventory cached from an earlier version of the image (a moved tag) is dropped."""
     entry = _entry(ctx.spec, key)
     image = ensure_image(_client(ctx), entry.image, ctx.platform.registry, ctx.registry_password())
-    marker = _marker(ctx.store, key)
+    marker = ctx.store.repo_store.snapshot_marker(key)
     recorded = ctx.store.read_json(marker)
     if recorded and recorded["image_id"] != image.id:
         log.info("image %s changed since its source was copied out; reading it again", entry.image)
         marker.unlink()
-        ctx.store.inventory_path(key).unlink(missing_ok=True)
+        ctx.store.repo_store.inventory_path(key).unlink(missing_ok=True)
     ref = images.ImageRef(repo=ctx.spec.name, commit=key, kind="docker", workdir=entry.workdir, image=entry.image,
                           digest=_registry_digest(image, entry.image), origin="existing")
-    ctx.store.write_json(ctx.store.path("images", f"{key}.json"), ref.to_dict())
+    ctx.store.write_json(ctx.store.image(key), ref.to_dict())
     log.info("repo %s: %s uses image %s (%s), nothing built", ctx.spec.name, entry.label, entry.image, image.short_id)
     return ref.to_dict()
 
@@ -175,18 +175,13 @@ def _registry_digest(image: Any, name: str) -> str | None:
                  if entry.partition("@")[0] == repository), None)
 
 
-def _marker(store: RunStore, key: str) -> Path:
-    """Which image the cached snapshot of `key` was copied from, and the commit found in it (next to the snapshot,
-    not inside it, so the snapshot is exactly the image's workdir)."""
-    snapshot = store.snapshot_dir(key)
-    return snapshot.with_name(f"{snapshot.name}.image.json")
-
-
 def snapshot(ctx: RunContext, key: str) -> sources.RepoSnapshot:
     """The image's workdir, copied out into the snapshot cache once per image id."""
     entry = _entry(ctx.spec, key)
     image = ensure_image(_client(ctx), entry.image, ctx.platform.registry, ctx.registry_password())
-    dest, marker = ctx.store.snapshot_dir(key), _marker(ctx.store, key)
+    # the marker says which image the snapshot was copied from, and the commit found in it (next to the snapshot,
+    # not inside it, so the snapshot is exactly the image's workdir)
+    dest, marker = ctx.store.repo_store.snapshot_dir(key), ctx.store.repo_store.snapshot_marker(key)
     recorded = ctx.store.read_json(marker)
     if not (recorded and recorded["image_id"] == image.id and dest.is_dir()):
         copy_workdir(image, entry.workdir, dest)

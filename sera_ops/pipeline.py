@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,20 @@ from sera_ops import dataset, demo_issues, functions, history, image_sources, im
 from sera_ops.config import ModelServer, PlatformConfig, RepoSpec, SecretLookup, SecretRef, resolve_secret
 from sera_ops.errors import PermanentError
 from sera_ops.redaction import redact
-from sera_ops.rollouts import Rollout, run_episode
-from sera_ops.store import RunStore, claim, read_json
+from sera_ops.rollouts import run_episode
+from sera_ops.store import (
+    Duplicate,
+    InstanceError,
+    InstanceFiles,
+    NotStarted,
+    RepoStore,
+    RolloutOne,
+    RunStore,
+    StorePath,
+    SynthRecord,
+    claim,
+    read_json,
+)
 from sera_ops.teachers import Budget, SpendLedger, TeacherClient, TeacherUnreachable, preflight, spend_ledger
 from sera_ops.verify import verify
 
@@ -82,7 +95,8 @@ class RunContext:
 
     @classmethod
     def create(cls, platform: PlatformConfig, spec: RepoSpec, run_id: str, params: RunParams | None = None,
-               connection_lookup: SecretLookup | None = None) -> RunContext:
+               connection_lookup: SecretLookup | None = None, storage_root: StorePath | None = None) -> RunContext:
+        """`storage_root`: the platform's, unless the caller opened it otherwise (Airflow: with its connection)."""
         params = params or RunParams()
         if params.model_server and params.model_servers:
             raise InvalidParam("params 'model_server' and 'model_servers' both given; give one of them")
@@ -93,7 +107,8 @@ class RunContext:
                     platform.server(server)  # fail fast, naming the configured servers
             except ValueError as exc:
                 raise InvalidParam(f"param '{param}': {exc}") from None
-        return cls(platform, spec, RunStore(platform.storage_root, spec.name, run_id), params, connection_lookup)
+        repo = RepoStore(storage_root or platform.storage_root, spec.name, platform.local_cache_dir)
+        return cls(platform, spec, repo.run(run_id), params, connection_lookup)
 
     @property
     def server_names(self) -> list[str]:
@@ -155,7 +170,7 @@ class RunContext:
 
     @property
     def ledger(self) -> SpendLedger:
-        return spend_ledger(self.store.path("spend"))
+        return spend_ledger(self.store.spend_dir)
 
     @contextmanager
     def spending(self, instance_id: str, stage: str) -> Iterator[Budget]:
@@ -174,13 +189,13 @@ class RunContext:
         limit = self.spec.cost_limits.per_run_usd
         if limit is None:
             return True
-        marker, spent = self.store.instance_file(instance_id, "not_started.json"), self.ledger.total()
+        spent = self.ledger.total()
         if spent < limit:
-            marker.unlink(missing_ok=True)  # from an earlier try under a lower limit
+            self.store.clear_not_started(instance_id)  # from an earlier try under a lower limit
             return True
         reason = f"the run has spent ${spent:.4f}, its limit is ${limit:g} (cost_limits.per_run_usd)"
         log.warning("instance %s not started: %s", instance_id, reason)
-        self.store.write_json(marker, {"reason": reason, "spent_usd": round(spent, 6)})
+        self.store.write_not_started(instance_id, NotStarted(reason=reason, spent_usd=round(spent, 6)))
         return False
 
     def registry_password(self) -> str | None:
@@ -215,9 +230,9 @@ def select_commits(ctx: RunContext) -> list[str]:
         chosen = [c for c in chosen if c not in seen]
         log.info("repo %s: incremental run, %d commit(s) already covered by earlier runs", ctx.spec.name,
                  len(skipped))
-    ctx.store.write_json(ctx.store.path("commits.json"), {"source": ctx.spec.source, "commits": chosen,
+    ctx.store.write_json(ctx.store.commits, {"source": ctx.spec.source, "commits": chosen,
                                                           "skipped_as_seen": skipped})
-    ctx.store.write_json(ctx.store.path("manifest.json"), {
+    ctx.store.write_json(ctx.store.manifest, {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "params": asdict(ctx.params),
         "model_server": ctx.server_name, "model": ctx.server.model, "threshold": ctx.threshold,
         "incremental": ctx.incremental,
@@ -242,7 +257,7 @@ def mirror(ctx: RunContext, commits: list[str]) -> dict | None:
     known = [commit for commit in commits if sources.resolve_commit(repo_path, commit)]
     token = mirroring.resolve_token(settings, ctx.connection_lookup)
     result = mirroring.mirror_repository(repo_path, ctx.spec.name, settings, token, known).to_dict()
-    ctx.store.write_json(ctx.store.path("mirror.json"), result)
+    ctx.store.write_json(ctx.store.mirror, result)
     return result
 
 
@@ -250,7 +265,7 @@ def _repo_path(ctx: RunContext) -> Path:
     """The source's git directory. A local path that is not a repository is a permanent error; a clone or fetch of a
     remote source may fail for the network's sake, so it is marked for retrying."""
     try:
-        return sources.materialize(ctx.spec.source, ctx.store.sources_dir)
+        return sources.materialize(ctx.spec.source, ctx.store.repo_store.sources_dir)
     except sources.SourceError as exc:
         if ctx.spec.source.startswith("bundled:") or Path(ctx.spec.source).is_absolute():
             raise
@@ -260,18 +275,12 @@ def _repo_path(ctx: RunContext) -> Path:
 def _snapshot(ctx: RunContext, commit: str) -> sources.RepoSnapshot:
     if image_sources.is_image_source(ctx.spec):
         return image_sources.snapshot(ctx, commit)
-    return sources.snapshot(_repo_path(ctx), commit, ctx.store.snapshot_dir(commit), ctx.spec.name)
+    return sources.snapshot(_repo_path(ctx), commit, ctx.store.repo_store.snapshot_dir(commit), ctx.spec.name)
 
 
-def _record_failure(ctx: RunContext, error_file: Path, stage: str, exc: Exception, secrets: list[str]) -> str:
-    """Write why `stage` failed next to its output (redacted), for whoever reads the run later; returns the reason."""
-    message = redact(f"{type(exc).__name__}: {exc}", secrets)
-    ctx.store.write_json(error_file, {"stage": stage, "error": message, "time": time.time()})
-    return message
-
-
-def _commit_error_file(ctx: RunContext, commit: str) -> Path:
-    return ctx.store.path("images", f"{commit}.error.json")
+def _failure(stage: str, exc: Exception, secrets: list[str]) -> InstanceError:
+    """Why `stage` failed (redacted), for whoever reads the run later."""
+    return InstanceError(stage=stage, error=redact(f"{type(exc).__name__}: {exc}", secrets), time=time.time())
 
 
 @contextmanager
@@ -281,9 +290,9 @@ def _commit_failure_recorded(ctx: RunContext, commit: str, stage: str) -> Iterat
     try:
         yield
     except Exception as exc:
-        _record_failure(ctx, _commit_error_file(ctx, commit), stage, exc, ctx.secrets())
+        ctx.store.write_json(ctx.store.image_error(commit), asdict(_failure(stage, exc, ctx.secrets())))
         raise
-    _commit_error_file(ctx, commit).unlink(missing_ok=True)
+    ctx.store.image_error(commit).unlink(missing_ok=True)
 
 
 def build_image(ctx: RunContext, commit: str) -> dict:
@@ -309,8 +318,8 @@ def _build_image(ctx: RunContext, commit: str) -> dict:
             ref = images.build_commit_image(client, recipe, commit=commit, snapshot_dir=Path(snap.workdir),
                                             top_level_folder=ctx.spec.top_level_folder,
                                             registry=ctx.platform.registry, registry_password=ctx.registry_password(),
-                                            lock_dir=ctx.store.repo_dir / "cache" / "locks")
-    ctx.store.write_json(ctx.store.path("images", f"{commit}.json"), ref.to_dict())
+                                            lock_dir=ctx.store.repo_store.locks_dir)
+    ctx.store.write_json(ctx.store.image(commit), ref.to_dict())
     return ref.to_dict()
 
 
@@ -322,7 +331,7 @@ def inventory(ctx: RunContext, commit: str) -> dict:
 
 
 def _inventory(ctx: RunContext, commit: str) -> dict:
-    cache = ctx.store.inventory_path(commit)
+    cache = ctx.store.repo_store.inventory_path(commit)
     if cache.exists():
         try:
             found = functions.inventory_from_json(read_json(cache))
@@ -332,7 +341,7 @@ def _inventory(ctx: RunContext, commit: str) -> dict:
     workdir = Path(_snapshot(ctx, commit).workdir)
     folders = functions.detect_code_folders(workdir, ctx.spec.name, ctx.spec.top_level_folder)
     found = functions.list_functions(workdir, folders, ctx.spec.max_folder_depth,
-                                     blob_cache=cache.parent / "blobs.json")
+                                     blob_cache=ctx.store.repo_store.blob_cache)
     ctx.store.write_json(cache, functions.inventory_to_json(found))
     log.info("repo %s commit %s: %d functions in %s", ctx.spec.name, commit[:12], len(found), ", ".join(folders))
     return {"commit": commit, "functions": len(found), "cached": False}
@@ -340,15 +349,14 @@ def _inventory(ctx: RunContext, commit: str) -> dict:
 
 def ready_commits(ctx: RunContext) -> tuple[list[str], list[str]]:
     """Commits whose image and inventory both exist, and the ones that failed (in selection order)."""
-    chosen = ctx.store.read_json(ctx.store.path("commits.json"), {"commits": []})["commits"]
-    ready = [c for c in chosen if ctx.store.path("images", f"{c}.json").exists() and
-             ctx.store.inventory_path(c).exists()]
+    chosen = ctx.store.read_json(ctx.store.commits, {"commits": []})["commits"]
+    ready = [c for c in chosen if ctx.store.image(c).exists() and ctx.store.repo_store.inventory_path(c).exists()]
     return ready, [c for c in chosen if c not in ready]
 
 
 def _commit_failure(ctx: RunContext, commit: str) -> str:
     """One line on why a commit is unusable: the first line of its recorded error (the file has the rest)."""
-    recorded = ctx.store.read_json(_commit_error_file(ctx, commit))
+    recorded = ctx.store.read_json(ctx.store.image_error(commit))
     if not recorded:
         return f"commit {commit[:12]}: no image or inventory (its build_image/inventory task did not finish)"
     return f"commit {commit[:12]}: {recorded['stage']}: {recorded['error'].splitlines()[0][:300]}"
@@ -372,16 +380,16 @@ def sample(ctx: RunContext) -> int:
     seen = history.seen_functions(ctx.store) if ctx.incremental else set()
     by_commit, prints = {}, {}
     for commit in ready:
-        snapshot = ctx.store.snapshot_dir(commit)
-        found = functions.inventory_from_json(read_json(ctx.store.inventory_path(commit)))
+        snapshot = ctx.store.repo_store.snapshot_dir(commit)
+        found = functions.inventory_from_json(read_json(ctx.store.repo_store.inventory_path(commit)))
         keyed = {(commit, f.key): history.fingerprint(snapshot, f) for f in found}
         by_commit[commit] = [f for f in found if keyed[(commit, f.key)] not in seen]
         prints.update(keyed)
     chosen = functions.sample_instances(ctx.spec.name, by_commit, ctx.function_limit, ctx.spec.insts_per_fn,
                                         ctx.spec.seed)
-    ctx.store.write_json(ctx.store.path(history.FINGERPRINTS),
+    ctx.store.write_json(ctx.store.fingerprints,
                          {i.instance_id: prints[(i.commit, f"{i.start_fn_file}::{i.start_fn}")] for i in chosen})
-    ctx.store.write_json(ctx.store.path("instances.json"), [i.to_dict() for i in chosen])
+    ctx.store.write_json(ctx.store.instances, [i.to_dict() for i in chosen])
     if not chosen:
         log.info("repo %s: nothing new to roll out", ctx.spec.name)
     return len(chosen)
@@ -393,17 +401,17 @@ def make_batches(ctx: RunContext) -> list[str]:
     existing = _batch_plan(ctx)
     if existing:
         return list(existing)
-    instances = [functions.Instance.from_dict(r) for r in ctx.store.read_json(ctx.store.path("instances.json"), [])]
+    instances = [functions.Instance.from_dict(r) for r in ctx.store.instance_records()]
     settings = ctx.spec.batching
     servers = {name: ctx.platform.server(name) for name in ctx.server_names}
     batches = planner.plan_servers(instances, settings.batch_size, settings.max_batches, servers)
-    ctx.store.write_json(ctx.store.path("batches.json"), batches)
+    ctx.store.write_json(ctx.store.batches, batches)
     return list(batches)
 
 
 def _batch_plan(ctx: RunContext) -> dict[str, dict]:
-    """batches.json: batch id → {"server", "instances"}."""
-    return ctx.store.read_json(ctx.store.path("batches.json"), {})
+    """The run's batch plan: batch id → {"server", "instances"}."""
+    return ctx.store.read_json(ctx.store.batches, {})
 
 
 def batches_on(ctx: RunContext, lane: str) -> list[str]:
@@ -419,12 +427,11 @@ def batches_on(ctx: RunContext, lane: str) -> list[str]:
 
 def _instances(ctx: RunContext, batch_id: str) -> list[functions.Instance]:
     wanted = set(_batch_plan(ctx).get(batch_id, {}).get("instances", []))
-    records = ctx.store.read_json(ctx.store.path("instances.json"), [])
-    return [functions.Instance.from_dict(r) for r in records if r["instance_id"] in wanted]
+    return [functions.Instance.from_dict(r) for r in ctx.store.instance_records() if r["instance_id"] in wanted]
 
 
 def _image(ctx: RunContext, commit: str) -> images.ImageRef:
-    return images.ImageRef.from_dict(read_json(ctx.store.path("images", f"{commit}.json")))
+    return images.ImageRef.from_dict(read_json(ctx.store.image(commit)))
 
 
 @dataclass(frozen=True)
@@ -433,7 +440,7 @@ class Step:
     cheap, always redone); `work` writes the output."""
 
     name: str
-    output: str | None
+    output: Callable[[InstanceFiles], StorePath] | None
     eligible: Callable[[functions.Instance], bool]
     work: Callable[[functions.Instance], None]
 
@@ -469,19 +476,19 @@ def _for_each(ctx: RunContext, batch_id: str, steps: list[Step]) -> dict:
         for step in steps:
             if not step.eligible(instance):
                 continue
-            if step.output and ctx.store.instance_file(instance.instance_id, step.output).exists():
+            if step.output and step.output(ctx.store.instance(instance.instance_id)).exists():
                 tally.add(step.name, "already_done")
                 continue
-            error_file = ctx.store.instance_file(instance.instance_id, f"{step.name}.error.json")
             tally.add(step.name, "ran")
             try:
                 step.work(instance)
             except Exception as exc:
-                message = _record_failure(ctx, error_file, step.name, exc, secrets)
-                log.error("instance %s: %s failed: %s", instance.instance_id, step.name, message)
+                failure = _failure(step.name, exc, secrets)
+                ctx.store.write_error(instance.instance_id, failure)
+                log.error("instance %s: %s failed: %s", instance.instance_id, step.name, failure.error)
                 tally.add(step.name, "failed")
-                return f"{step.name}: {message}"
-            error_file.unlink(missing_ok=True)
+                return f"{step.name}: {failure.error}"
+            ctx.store.clear_error(instance.instance_id, step.name)
         return None
 
     started, errors = time.monotonic(), []
@@ -521,7 +528,7 @@ def _rollout_one_step(ctx: RunContext) -> Step:
                 template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id,
                                                "template", attempt=attempt)
                 task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
-                traj_path = ctx.store.instance_file(instance.instance_id, f"rollout1.a{attempt}.traj.json")
+                traj_path = ctx.store.instance(instance.instance_id).attempt_trajectory(attempt)
                 rollout = run_episode(instance_id=instance.instance_id, stage=1, attempt=attempt, task=task,
                                       image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
                                       settings=settings, trajectory_path=traj_path, secrets=secrets,
@@ -535,31 +542,26 @@ def _rollout_one_step(ctx: RunContext) -> Step:
                 attempts.append({"rollout": rollout.to_dict(), "judgement": asdict(judgement)})
                 if judgement.is_good_patch or budget.exceeded:
                     break
-            ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout1.json"), {
-                "final": attempts[-1]["rollout"], "is_good_patch": attempts[-1]["judgement"]["is_good_patch"],
-                "attempts": attempts, "judge_usage": client.usage.to_dict(), "cost_limited": budget.exceeded})
+            ctx.store.write_rollout_one(instance.instance_id, RolloutOne(
+                final=rollout, is_good_patch=judgement.is_good_patch, attempts=attempts,
+                judge_usage=client.usage.to_dict(), cost_limited=budget.exceeded))
 
-    return Step("rollout1", "rollout1.json", _always, work)
+    return Step("rollout1", attrgetter("rollout_one"), _always, work)
 
 
-def _first_user_message(traj_path: Path) -> str:
+def _first_user_message(traj_path: StorePath) -> str:
     messages = read_json(traj_path).get("messages", [])
     return next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
 
 
-def _rollout_one_result(ctx: RunContext, instance_id: str) -> dict | None:
-    return ctx.store.read_json(ctx.store.instance_file(instance_id, "rollout1.json"))
-
-
-def _is_duplicate(ctx: RunContext, instance_id: str, rollout_one: dict) -> bool:
+def _is_duplicate(ctx: RunContext, instance_id: str, rollout_one: RolloutOne) -> bool:
     """Whether another instance of the run already owns this rollout-one patch (same changed lines of the same files):
     then no teacher call is spent on it, and `duplicate.json` says whose it is. The first to claim a patch owns it."""
-    fingerprint = synth.patch_fingerprint(Rollout.from_dict(rollout_one["final"]).patch)
-    owner = claim(ctx.store.path("patches", f"{fingerprint}.owner"), instance_id)
+    fingerprint = synth.patch_fingerprint(rollout_one.final.patch)
+    owner = claim(ctx.store.patch_claim(fingerprint), instance_id)
     if owner == instance_id:
         return False
-    ctx.store.write_json(ctx.store.instance_file(instance_id, "duplicate.json"), {"duplicate_of": owner,
-                                                                                    "patch": fingerprint})
+    ctx.store.write_duplicate(instance_id, Duplicate(duplicate_of=owner, patch=fingerprint))
     return True
 
 
@@ -569,21 +571,21 @@ def _synth_step(ctx: RunContext) -> Step:
     pool = demo_issues.pool_for(ctx)
 
     def eligible(instance: functions.Instance) -> bool:
-        result = _rollout_one_result(ctx, instance.instance_id)
-        return bool(result and result["is_good_patch"]) and not _is_duplicate(ctx, instance.instance_id, result)
+        result = ctx.store.rollout_one(instance.instance_id)
+        return bool(result and result.is_good_patch) and not _is_duplicate(ctx, instance.instance_id, result)
 
     def work(instance: functions.Instance) -> None:
-        final = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
-        steps = synth.agent_steps(read_json(ctx.store.instance_file(instance.instance_id, final.trajectory_file)),
+        final = ctx.store.rollout_one(instance.instance_id).final
+        steps = synth.agent_steps(ctx.store.trajectory(instance.instance_id, final.trajectory_file),
                                   ctx.spec.synth.observation_chars)
         with ctx.spending(instance.instance_id, "synth") as budget:
             client = ctx.synth_client(budget)
             result = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, final.patch, pool,
                                               ctx.spec.seed)
-        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "synth.json"),
-                             {**result.to_dict(), "writer_usage": client.usage.to_dict()})
+        ctx.store.write_synth(instance.instance_id,
+                              SynthRecord(**result.to_dict(), writer_usage=client.usage.to_dict()))
 
-    return Step("synth", "synth.json", eligible, work)
+    return Step("synth", attrgetter("synth"), eligible, work)
 
 
 def _rollout_two_step(ctx: RunContext) -> Step:
@@ -591,20 +593,20 @@ def _rollout_two_step(ctx: RunContext) -> Step:
     secrets = ctx.secrets()
 
     def eligible(instance: functions.Instance) -> bool:
-        result = ctx.store.read_json(ctx.store.instance_file(instance.instance_id, "synth.json"))
-        return bool(result and result["synth_pr"])
+        result = ctx.store.synth(instance.instance_id)
+        return bool(result and result.synth_pr)
 
     def work(instance: functions.Instance) -> None:
-        pr = read_json(ctx.store.instance_file(instance.instance_id, "synth.json"))["synth_pr"]
+        pr = ctx.store.synth(instance.instance_id).synth_pr
         with ctx.spending(instance.instance_id, "rollout2") as budget:
             rollout = run_episode(instance_id=instance.instance_id, stage=2, attempt=0, task=pr,
                                   image=_image(ctx, instance.commit), server=ctx.server, api_key=ctx.api_key(),
                                   settings=ctx.spec.rollout,
-                                  trajectory_path=ctx.store.instance_file(instance.instance_id, "rollout2.traj.json"),
+                                  trajectory_path=ctx.store.instance(instance.instance_id).rollout_two_trajectory,
                                   secrets=secrets, server_name=ctx.server_name, budget=budget, **ctx.confinement())
-        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"), rollout.to_dict())
+        ctx.store.write_rollout_two(instance.instance_id, rollout)
 
-    return Step("rollout2", "rollout2.json", eligible, work)
+    return Step("rollout2", attrgetter("rollout_two"), eligible, work)
 
 
 def _verify_step(ctx: RunContext) -> Step:
@@ -612,13 +614,12 @@ def _verify_step(ctx: RunContext) -> Step:
     threshold may differ between runs)."""
 
     def eligible(instance: functions.Instance) -> bool:
-        return ctx.store.instance_file(instance.instance_id, "rollout2.json").exists()
+        return ctx.store.instance(instance.instance_id).rollout_two.exists()
 
     def work(instance: functions.Instance) -> None:
-        two = read_json(ctx.store.instance_file(instance.instance_id, "rollout2.json"))
-        one = Rollout.from_dict(_rollout_one_result(ctx, instance.instance_id)["final"])
-        verdict = verify(instance.instance_id, one.patch, two["patch"], ctx.threshold)
-        ctx.store.write_json(ctx.store.instance_file(instance.instance_id, "verdict.json"), verdict.to_dict())
+        two = ctx.store.rollout_two(instance.instance_id)
+        one = ctx.store.rollout_one(instance.instance_id).final
+        ctx.store.write_verdict(instance.instance_id, verify(instance.instance_id, one.patch, two.patch, ctx.threshold))
 
     return Step("verify", None, eligible, work)
 
@@ -642,7 +643,7 @@ def _serving(ctx: RunContext, batch_id: str) -> RunContext:
             log.warning("batch %s: %s", batch_id, exc)
             dead.append(exc)
             continue
-        move = ctx.store.path("moves", f"{batch_id}.json")
+        move = ctx.store.move(batch_id)
         if name == assigned:
             move.unlink(missing_ok=True)
         else:
@@ -696,13 +697,13 @@ def assemble(ctx: RunContext) -> dict:
     """The dataset and its statistics. A run with no usable commit, no sample, or instances but no record because
     they failed, fails here, naming the stage and the most common error; failures beside records are only counted."""
     ready, failed = usable_commits(ctx)
-    if not ctx.store.path("instances.json").exists():
+    if not ctx.store.instances.exists():
         raise RunFailed(f"repo {ctx.spec.name}: no instances were sampled; see the sample_instances task")
     header = {
         "repo": ctx.spec.name, "run_id": ctx.store.run_id, "model_server": ctx.server_name,
         "threshold": ctx.threshold, "format": ctx.spec.postprocess.format,
         "commits": {"selected": len(ready) + len(failed), "ready": len(ready), "failed": failed},
-        "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.inventory_path(c))))
+        "functions": sum(len(functions.inventory_from_json(read_json(ctx.store.repo_store.inventory_path(c))))
                          for c in ready),
     }
     stats = dataset.assemble(ctx.store, ctx.spec.postprocess, header)

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from sera_ops.config import PostprocessOptions
 
 BASH_TOOL_JSON: list[dict] = [
     {
@@ -113,24 +113,6 @@ _TEXT_ACTION_BLOCK = re.compile(
     r"```mswea_bash_command\s*\n.*?\n```|<mswea_bash_command>.*?</mswea_bash_command>", re.DOTALL
 )
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
-
-
-class PostprocessOptions(BaseModel):
-    """Export options (sera.md §7.3); `reformat` applies to the hermes format only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["hermes", "xml", "raw"] = "hermes"
-    add_think: bool = False
-    add_train_key: bool = True
-    include_tool_json: bool = True
-    reformat: Literal["keep_only_think", "keep_only_non_think"] | None = "keep_only_think"
-    enforce_submit: bool = True
-
-    @property
-    def reformats(self) -> bool:
-        """Whether assistant turns become think block + tool calls: SERA reformats the hermes format only."""
-        return self.format == "hermes" and self.reformat is not None
 
 
 class _DropSample(Exception):

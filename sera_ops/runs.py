@@ -16,13 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sera_ops.store import RunStore, safe_name
+from sera_ops.store import InstanceFiles, RepoStore, RunStore, StorePath, is_local, store_root
 from sera_ops.verify import changed_lines
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
-_ATTEMPT_TRAJECTORY = re.compile(r"rollout1\.a(\d+)\.traj\.json")
 STAGES = ("rollout1", "synth", "rollout2")
 
 
@@ -105,75 +104,70 @@ class InstanceDetail:
     trajectory_two: list[Message] | None
 
 
-def list_repos(root: Path) -> list[str]:
+def list_repos(root: Path | StorePath) -> list[str]:
     """Repositories that have at least one run directory."""
-    root = Path(root)
+    root = store_root(root)
     if not root.is_dir():
         return []
     repos = []
     for candidate in root.iterdir():
         try:
-            _checked(root, candidate.name, "runs")
+            _repo(root, candidate.name)
         except NotFound:
             continue
         repos.append(candidate.name)
     return sorted(repos)
 
 
-def list_runs(root: Path, repo: str) -> list[RunSummary]:
+def list_runs(root: Path | StorePath, repo: str) -> list[RunSummary]:
     """A repository's runs, newest first."""
-    runs_dir = _checked(Path(root), repo, "runs")
-    latest = _latest_run(Path(root), repo)
+    repo_store = _repo(root, repo)
+    latest = _latest_run(repo_store)
     summaries = [
-        RunSummary(repo=repo, run_id=run_dir.name, stats=_read(run_dir / "dataset" / "stats.json"),
-                   is_latest=run_dir.name == latest, modified=_modified(run_dir))
-        for run_dir in runs_dir.iterdir() if run_dir.is_dir() and _is_name(run_dir.name)
+        RunSummary(repo=repo, run_id=run.name, stats=_read(run.dataset.stats), is_latest=run.name == latest,
+                   modified=_modified(run))
+        for run in map(repo_store.run, repo_store.run_names()) if _is_name(run.name)
     ]
     return sorted(summaries, key=lambda s: (s.modified, s.run_id), reverse=True)
 
 
-def run_detail(root: Path, repo: str, run: str) -> RunDetail:
-    run_dir = _checked(Path(root), repo, "runs", run)
-    instances = _read(run_dir / "instances.json") or []
-    return RunDetail(repo=repo, run_id=run, stats=_read(run_dir / "dataset" / "stats.json"),
-                     manifest=_read(run_dir / "manifest.json"), is_latest=run == _latest_run(Path(root), repo),
-                     instances=sorted((_status(run_dir / "instances", r) for r in instances),
+def run_detail(root: Path | StorePath, repo: str, run: str) -> RunDetail:
+    store = _run(root, repo, run)
+    return RunDetail(repo=repo, run_id=run, stats=_read(store.dataset.stats), manifest=_read(store.manifest),
+                     is_latest=run == _latest_run(store.repo_store),
+                     instances=sorted((_status(store, r) for r in _read(store.instances) or []),
                                       key=lambda s: s.instance_id))
 
 
-def instance_detail(root: Path, repo: str, run: str, instance_id: str) -> InstanceDetail:
-    run_dir = _checked(Path(root), repo, "runs", run)
+def instance_detail(root: Path | StorePath, repo: str, run: str, instance_id: str) -> InstanceDetail:
+    store = _run(root, repo, run)
     if not _is_name(instance_id):
         raise NotFound(f"invalid instance id {instance_id!r}")
-    records = {r["instance_id"]: r for r in _read(run_dir / "instances.json") or []}
-    if instance_id not in records:
-        _checked(Path(root), repo, "runs", run, "instances", instance_id)  # a directory without a sampled record
-    instance_dir = run_dir / "instances" / instance_id
-    status = _status(run_dir / "instances", records.get(instance_id, {"instance_id": instance_id}))
-    one = _read(instance_dir / "rollout1.json") or {}
+    records = {r["instance_id"]: r for r in _read(store.instances) or []}
+    files = store.instance(instance_id)
+    if instance_id not in records and not (files.dir.is_dir() and _inside(store.root, files.dir)):
+        raise NotFound(f"no such instance: {instance_id}")  # a directory without a sampled record is shown
+    status = _status(store, records.get(instance_id, {"instance_id": instance_id}))
+    one = _read(files.rollout_one) or {}
     final = one.get("final") or {}
-    two = _read(instance_dir / "rollout2.json") or {}
-    synth = _read(instance_dir / "synth.json") or {}
-    trajectory_two = _read(instance_dir / "rollout2.traj.json")
+    two = _read(files.rollout_two) or {}
+    synth = _read(files.synth) or {}
     return InstanceDetail(
         repo=repo, run_id=run, status=status, task=final.get("task"), patch_one=final.get("patch"),
-        synthetic_pr=synth.get("synth_pr"), patch_two=two.get("patch"), verdict=_read(instance_dir / "verdict.json"),
+        synthetic_pr=synth.get("synth_pr"), patch_two=two.get("patch"), verdict=_read(files.verdict),
         attempts=[_attempt(number, a) for number, a in enumerate(one.get("attempts") or []) if isinstance(a, dict)],
-        trajectory_one=_messages(_read_trajectory_one(instance_dir, final.get("trajectory_file"))),
-        trajectory_two=_messages(trajectory_two))
+        trajectory_one=_messages(_read_trajectory_one(files, final.get("trajectory_file"))),
+        trajectory_two=_messages(_read(files.rollout_two_trajectory)))
 
 
-def dataset_files(root: Path, repo: str, run: str) -> list[str]:
+def dataset_files(root: Path | StorePath, repo: str, run: str) -> list[str]:
     """The names of the files in a run's `dataset/` (card, Parquet, JSONL, stats and whatever plots it has), sorted;
     empty until `assemble` made the folder. A file that resolves outside the storage root is left out."""
-    try:
-        folder = _checked(Path(root), repo, "runs", run, "dataset")
-    except NotFound:
-        _checked(Path(root), repo, "runs", run)  # an unknown run is a 404, a run not assembled yet is not
+    store = _run(root, repo, run)  # an unknown run is a 404, a run not assembled yet is not
+    folder = store.dataset.dir
+    if not folder.is_dir():
         return []
-    base = Path(root).resolve()
-    return sorted(p.name for p in folder.iterdir()
-                  if _is_name(p.name) and p.is_file() and p.resolve().is_relative_to(base))
+    return sorted(p.name for p in folder.iterdir() if _is_name(p.name) and p.is_file() and _inside(store.root, p))
 
 
 # ---------------------------------------------------------------- helpers
@@ -181,21 +175,39 @@ def dataset_files(root: Path, repo: str, run: str) -> list[str]:
 
 def _is_name(value: str) -> bool:
     """The store's own names (see `safe_name`): never empty, never hidden or temporary files, never `..`."""
-    return bool(_NAME.fullmatch(value)) and not value.startswith(".") and ".." not in value
+    return bool(_NAME.fullmatch(value)) and value.strip("._") == value and ".." not in value
 
 
-def _checked(root: Path, *names: str) -> Path:
-    """root/names..., an existing directory inside root, or NotFound: these names arrive from URLs."""
-    if not all(_is_name(name) for name in names):
-        raise NotFound(f"invalid name in {names!r}")
-    path = root.joinpath(*names)
-    resolved, base = path.resolve(), root.resolve()
-    if not resolved.is_relative_to(base) or resolved == base or not resolved.is_dir():
-        raise NotFound(f"no such entry: {'/'.join(names)}")
-    return path
+def _inside(root: StorePath, path: StorePath) -> bool:
+    """Whether `path` stays under `root` once symbolic links are followed (object stores have none)."""
+    return not is_local(root) or Path(path).resolve().is_relative_to(Path(root).resolve())
 
 
-def _read(path: Path) -> Any:
+def _existing(root: StorePath, path: StorePath, name: str) -> None:
+    """NotFound unless `path` (named `name` in a URL) is an existing directory inside the storage root."""
+    if not (path.is_dir() and _inside(root, path)):
+        raise NotFound(f"no such entry: {name}")
+
+
+def _repo(root: Path | StorePath, repo: str) -> RepoStore:
+    """The repository's store, when `repo` names one that has runs, else NotFound: these names arrive from URLs."""
+    if not _is_name(repo):
+        raise NotFound(f"invalid repository name {repo!r}")
+    store = RepoStore(root, repo)
+    _existing(store.root, store.runs_dir, repo)
+    return store
+
+
+def _run(root: Path | StorePath, repo: str, run: str) -> RunStore:
+    """The run's store, when `run` names an existing run of `repo`, else NotFound."""
+    if not _is_name(run):
+        raise NotFound(f"invalid run name {run!r}")
+    store = _repo(root, repo).run(run)
+    _existing(store.root, store.run_dir, f"{repo}/{run}")
+    return store
+
+
+def _read(path: StorePath) -> Any:
     """A JSON file, or None when it is missing or unreadable: a viewer shows what exists."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -206,30 +218,42 @@ def _read(path: Path) -> Any:
         return None
 
 
-def _modified(run_dir: Path) -> datetime:
-    """Directories change when stages add files to them; the newest of the run's main ones dates the run."""
-    candidates = (run_dir, run_dir / "instances", run_dir / "dataset")
-    return datetime.fromtimestamp(max(p.stat().st_mtime for p in candidates if p.exists()), tz=UTC)
+def _modified(run: RunStore) -> datetime:
+    """Directories change when stages add files to them; the newest of the run's main ones dates the run. On object
+    storage, which has no directories, the run's first and last files (manifest, stats) date it."""
+    if is_local(run.root):
+        candidates = (run.run_dir, run.run_dir / "instances", run.dataset.dir)
+    else:
+        candidates = (run.manifest, run.dataset.stats)
+    times = [_mtime(p) for p in candidates if p.exists()]
+    return datetime.fromtimestamp(max(times, default=0.0), tz=UTC)
 
 
-def _latest_run(root: Path, repo: str) -> str | None:
-    pointer = _read(root / repo / "datasets" / "latest.json")
+def _mtime(path: StorePath) -> float:
+    if is_local(path):
+        return path.stat().st_mtime
+    modified = path.fs.modified(path.path)
+    return modified.timestamp() if modified.tzinfo else modified.replace(tzinfo=UTC).timestamp()
+
+
+def _latest_run(repo: RepoStore) -> str | None:
+    pointer = _read(repo.latest_dataset)
     if not isinstance(pointer, dict) or not pointer.get("run_id"):
         return None
-    return RunStore(root, repo, pointer["run_id"]).run_dir.name
+    return repo.run(pointer["run_id"]).name
 
 
-def _status(instances_dir: Path, record: dict) -> InstanceStatus:
+def _status(store: RunStore, record: dict) -> InstanceStatus:
     instance_id = record["instance_id"]
-    instance_dir = instances_dir / safe_name(instance_id)
-    one = _read(instance_dir / "rollout1.json")
-    two = _read(instance_dir / "rollout2.json")
-    synth = _read(instance_dir / "synth.json")
-    verdict = _read(instance_dir / "verdict.json") or {}
-    duplicate = _read(instance_dir / "duplicate.json") or {}
+    files = store.instance(instance_id)
+    one = _read(files.rollout_one)
+    two = _read(files.rollout_two)
+    synth = _read(files.synth)
+    verdict = _read(files.verdict) or {}
+    duplicate = _read(files.duplicate) or {}
     errors = {}
     for stage in STAGES:
-        error = _read(instance_dir / f"{stage}.error.json")
+        error = _read(files.error(stage))
         if error is not None:
             errors[stage] = str(error.get("error", error)) if isinstance(error, dict) else str(error)
     return InstanceStatus(
@@ -252,13 +276,12 @@ def _attempt(number: int, attempt: dict) -> Attempt:
                    judge_calls=judgement.get("calls", 0))
 
 
-def _read_trajectory_one(instance_dir: Path, trajectory_file: str | None) -> Any:
-    """The final attempt's trajectory; without rollout1.json (a failed stage) the last attempt that left one."""
+def _read_trajectory_one(files: InstanceFiles, trajectory_file: str | None) -> Any:
+    """The final attempt's trajectory; without rollout one's record (a failed stage) the last attempt that left one."""
     if trajectory_file and _is_name(trajectory_file):
-        return _read(instance_dir / trajectory_file)
-    attempts = sorted((int(m.group(1)), p) for p in instance_dir.glob("rollout1.a*.traj.json")
-                      if (m := _ATTEMPT_TRAJECTORY.fullmatch(p.name)))
-    return _read(attempts[-1][1]) if attempts else None
+        return _read(files.trajectory(trajectory_file))
+    attempts = files.attempt_trajectories()
+    return _read(attempts[-1]) if attempts else None
 
 
 def _messages(trajectory: Any) -> list[Message] | None:

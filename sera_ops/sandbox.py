@@ -43,7 +43,7 @@ _LOCAL_PASSTHROUGH = ("PATH", "LC_ALL", "TERM", "TMPDIR", "USER")
 PATCH_COMMAND = "git add --all && git diff --cached --no-color --no-ext-diff --binary"
 
 SCRIPTED_TEACHER_MODEL = "scripted-teacher"
-"""The scripted teacher (sera_ops.testing.scripted_teacher) plays a fixed, reviewed script, so on loopback it is the
+"""The scripted teacher (the `scripted_teacher` test double) plays a fixed, reviewed script, so on loopback it is the
 one teacher a local episode may run unconfined for when bubblewrap is missing."""
 BWRAP_HINT = "install bubblewrap (apt-get install bubblewrap)"
 

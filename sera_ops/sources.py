@@ -49,7 +49,7 @@ def git(*args: str, cwd: Path, input_bytes: bytes | None = None) -> bytes:
 def materialize(source: str, sources_dir: Path) -> Path:
     """A local git directory holding the source: bundled samples are built, URLs cloned (bare) or fetched."""
     if source.startswith("bundled:"):
-        from sera_ops.testing.sample_repo import build_sample_repo
+        from sera_ops.samples import build_sample_repo
 
         name = source.removeprefix("bundled:")
         return build_sample_repo(name, sources_dir / name)

@@ -1,18 +1,27 @@
-"""The run store: every stage's results are files under a storage root, written atomically.
+"""The run store: the one module that knows where every stage's results live, on local disk or object storage.
 
 Layout (one directory per repository and DAG run; names are filesystem-safe versions of the run id):
 
-    <root>/<repo>/sources/                        bare clone / bundled sample of the repository
+    <root>/<repo>/sources/                        bare clone / bundled sample of the repository      (worker-local)
+    <root>/<repo>/cache/snapshots/<commit>/       plain checkout of one commit                       (worker-local)
     <root>/<repo>/cache/inventory/<commit>.json   function inventory, shared by all runs (keyed by full commit)
-    <root>/<repo>/runs/<run>/commits.json          selected commits
-    <root>/<repo>/runs/<run>/images/<commit>.json  image (or local sandbox) per commit
+    <root>/<repo>/cache/demo_issues.json          demonstration issues fetched from GitHub
+    <root>/<repo>/runs/<run>/commits.json          selected commits; manifest.json, mirror.json: what the run was
+    <root>/<repo>/runs/<run>/images/<commit>.json  image (or local sandbox) per commit; <commit>.error.json: why not
     <root>/<repo>/runs/<run>/instances.json        sampled instances; batches.json: their split into batches
-    <root>/<repo>/runs/<run>/instances/<id>/       rollout1.json, rollout1.traj.json, synth.json, rollout2.json,
-                                                   rollout2.traj.json, verdict.json, <stage>.error.json
-    <root>/<repo>/runs/<run>/dataset/              t1.jsonl, t2.jsonl, stats.json
+    <root>/<repo>/runs/<run>/instances/<id>/       rollout1.json, rollout1.a<n>.traj.json, synth.json, rollout2.json,
+                                                   rollout2.traj.json, verdict.json, duplicate.json, not_started.json,
+                                                   <stage>.error.json
+    <root>/<repo>/runs/<run>/dataset/              t1/t2 .jsonl and .parquet, stats.json, README.md, plots
     <root>/<repo>/datasets/latest.json             the latest published dataset (and one pointer per run)
+    <root>/<repo>/training/<job>/, models/<job>/   training jobs and their models
 
 A file's presence means its step is done, so a retried or cleared task redoes only what is missing.
+
+`root` is a local path or an object-storage URL (`s3://bucket/prefix`, `gs://…`) as a `upath.UPath`, which
+Airflow's `ObjectStoragePath` (credentials from a connection) is one of. Writes are atomic either way: locally a temp
+file, fsync and rename; remotely one PUT of the whole object, so readers never see half a file. What must be on a
+local disk (git clones, snapshots, build locks) goes under `local_cache` when the root is remote.
 """
 
 from __future__ import annotations
@@ -20,10 +29,50 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from upath import UPath
+
+from sera_ops.verify import Verdict
+
+if TYPE_CHECKING:
+    from sera_ops.rollouts import Rollout
+
+StorePath = Path | UPath
+"""A file in the store: a local `Path`, or a `UPath` on object storage."""
+
+STORAGE_OPTIONS_ENV = "SERA_STORAGE_OPTIONS"
+"""JSON object of fsspec storage options (e.g. `{"endpoint_url": …}`) for a remote root outside Airflow; inside
+Airflow they come from the connection `storage_conn_id` names. Never from the config file: they may hold secrets."""
+LOCAL_PROTOCOLS = ("", "file", "local")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# ---------------------------------------------------------------- file names: here and nowhere else
+
+COMMITS, MANIFEST, MIRROR = "commits.json", "manifest.json", "mirror.json"
+INSTANCES, BATCHES, FINGERPRINTS = "instances.json", "batches.json", "fingerprints.json"
+ROLLOUT_ONE, SYNTH, ROLLOUT_TWO, VERDICT = "rollout1.json", "synth.json", "rollout2.json", "verdict.json"
+DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY = "duplicate.json", "not_started.json", "rollout2.traj.json"
+STATS, CARD, CURATION = "stats.json", "README.md", "curation.json"
+LATEST, DEMO_ISSUES, BLOBS = "latest.json", "demo_issues.json", "blobs.json"
+TRAINING_JOB, TRAINING_SETTINGS = "job.json", "settings.json"
+ERROR_SUFFIX, JSON_SUFFIX = ".error.json", ".json"
+SPLITS = ("t1", "t2")
+PLOT_KINDS = ("funnel", "recall", "turns", "tokens", "commits")
+PLOTS = tuple(f"{kind}.png" for kind in PLOT_KINDS)
+"""The dataset's plot files, the funnel first."""
+_ATTEMPT_TRAJECTORY = re.compile(r"rollout1\.a(\d+)\.traj\.json")
+FILE_NAMES = (COMMITS, MANIFEST, MIRROR, INSTANCES, BATCHES, FINGERPRINTS, ROLLOUT_ONE, SYNTH, ROLLOUT_TWO, VERDICT,
+              DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY, STATS, CARD, CURATION, LATEST, DEMO_ISSUES, BLOBS,
+              TRAINING_JOB, TRAINING_SETTINGS,
+              *(f"{split}.{kind}" for split in SPLITS for kind in ("jsonl", "parquet")), *PLOTS)
+"""Every fixed file name of the store (tests check that no other module spells one)."""
 
 
 def safe_name(value: str) -> str:
@@ -34,13 +83,60 @@ def safe_name(value: str) -> str:
     return cleaned
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+# ---------------------------------------------------------------- local or remote, written atomically
+
+
+def is_local(path: StorePath) -> bool:
+    return not isinstance(path, UPath) or path.protocol in LOCAL_PROTOCOLS
+
+
+def store_root(root: str | StorePath, storage_options: dict[str, Any] | None = None) -> StorePath:
+    """A storage root as a path: a local one as a plain `Path` (the layout and behaviour of a local store), a URL as a
+    `UPath` with `storage_options` (default: the JSON in $SERA_STORAGE_OPTIONS). A `UPath` given (Airflow's
+    `ObjectStoragePath` with its connection) is kept as it is."""
+    if isinstance(root, UPath):
+        return Path(root.path) if is_local(root) else root
+    text = str(root)
+    if not _URL.match(text) or text.startswith("file://"):
+        return Path(text.removeprefix("file://"))
+    if storage_options is None:
+        storage_options = json.loads(os.environ.get(STORAGE_OPTIONS_ENV) or "{}")
+    return UPath(text, **storage_options)
+
+
+def store_url(path: StorePath) -> str:
+    """Where `path` is, as a string for records and logs: a local path, or `<protocol>://<bucket>/<key>` without
+    whatever connection or credentials the path object carries."""
+    return str(path) if is_local(path) else f"{path.protocol}://{path.path}"
+
+
+def locate(root: StorePath, location: str) -> StorePath:
+    """A location recorded with `store_url` (a job's data files, a published dataset's folder) as a path under
+    `root`, so that it carries the root's connection. Local roots take the location as it is."""
+    if is_local(root):
+        return Path(location)
+    prefix = store_url(root).rstrip("/") + "/"
+    if not location.startswith(prefix):
+        raise ValueError(f"{location} is not in the run store {store_url(root)}: give a location inside it")
+    return root / location.removeprefix(prefix)
+
+
+def default_local_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sera"
+
+
+def atomic_write_bytes(path: StorePath, data: bytes) -> None:
+    """Locally: a temp file in the same directory, fsync, then rename. Remotely: one PUT of the whole object (object
+    stores publish an object only once its upload completed). Either way readers never see half a file."""
+    if not is_local(path):
+        path.fs.pipe_file(path.path, data)
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -49,78 +145,498 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
+def atomic_write_text(path: StorePath, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: StorePath, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def atomic_write_jsonl(path: Path, records: Iterable[dict]) -> int:
+def atomic_write_jsonl(path: StorePath, records: Iterable[dict]) -> int:
     lines = [json.dumps(record, ensure_ascii=False) for record in records]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
-def claim(path: Path, owner: str) -> str:
-    """The owner of `path`: `owner` when this call created it, else whoever did first. Creation is atomic
-    (O_EXCL), so concurrent tasks agree on one winner, and a retried task finds its own claim."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def append_text(path: StorePath, text: str) -> None:
+    """Add `text` to a file that only this process writes: an append locally; remotely, where objects cannot grow,
+    the whole object again (one PUT), so readers still see whole lines only."""
+    if is_local(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(text)
+        return
+    atomic_write_text(path, (path.read_text(encoding="utf-8") if path.exists() else "") + text)
+
+
+@contextmanager
+def replacing(path: StorePath) -> Iterator[Path]:
+    """A local temp file for a writer that wants a file name (Parquet, plots); it replaces `path` (a rename, or one
+    upload) when the block succeeds, and is removed either way."""
+    local = is_local(path)
+    folder = Path(path).parent if local else Path(tempfile.mkdtemp(prefix="sera-upload-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        yield tmp
+        if local:
+            os.replace(tmp, path)
+        else:
+            atomic_write_bytes(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+        if not local:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def claim(path: StorePath, owner: str) -> str:
+    """The owner of `path`: `owner` when this call created it, else whoever did first. Creation is atomic and the
+    file is whole when it appears (locally a hard link of a written temp file, which fails when the name exists; on
+    object storage a conditional PUT, `If-None-Match: *` on S3), so concurrent tasks agree on one winner, and a
+    retried task finds its own claim."""
+    try:
+        if is_local(path):
+            _link_new(Path(path), owner.encode("utf-8"))
+        else:
+            path.fs.pipe_file(path.path, owner.encode("utf-8"), mode="create")
     except FileExistsError:
-        return path.read_text(encoding="utf-8").strip() or owner  # the winner is still writing: same name soon
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(owner)
+        return path.read_text(encoding="utf-8").strip()
     return owner
 
 
-def read_json(path: Path) -> Any:
+def _link_new(path: Path, data: bytes) -> None:
+    """Create `path` holding `data`, or FileExistsError: readers never see it empty, as they could an O_EXCL file
+    its creator is still writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+def read_json(path: StorePath) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-class RunStore:
-    """Paths and atomic reads/writes for one repository's run."""
+def read_json_or(path: StorePath, default: Any = None) -> Any:
+    return read_json(path) if path.exists() else default
 
-    def __init__(self, root: Path, repo: str, run_id: str):
-        self.root = Path(root)
+
+# ---------------------------------------------------------------- typed records
+
+
+R = TypeVar("R")
+
+
+def _from_dict(cls: type[R], data: dict) -> R:
+    """A record from its stored form; keys an older or newer version wrote that this one lacks are ignored."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _rollout(data: dict) -> Rollout:
+    from sera_ops.rollouts import Rollout  # rollouts writes its trajectories through this module
+
+    return Rollout.from_dict(data)
+
+
+@dataclass(frozen=True)
+class RolloutOne:
+    """rollout1.json: the final attempt, whether the judge called its patch good, and every attempt."""
+
+    final: Rollout
+    is_good_patch: bool
+    attempts: list[dict]
+    """{"rollout": Rollout as dict, "judgement": synth.Judgement as dict} per attempt, in order."""
+    judge_usage: dict = field(default_factory=dict)
+    cost_limited: bool = False
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "final": self.final.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RolloutOne:
+        return _from_dict(cls, {**data, "final": _rollout(data["final"])})
+
+
+@dataclass(frozen=True)
+class SynthRecord:
+    """synth.json: the synthetic PR (None when the writer gave none) and what writing it took."""
+
+    instance_id: str
+    synth_pr: str | None
+    demo_index: int
+    demo_id: str
+    calls: int
+    cost_limited: bool = False
+    writer_usage: dict | None = None
+    """None in records from before writer usage was kept."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SynthRecord:
+        return _from_dict(cls, data)
+
+
+@dataclass(frozen=True)
+class InstanceError:
+    """<stage>.error.json: why an instance's stage failed (redacted), for whoever reads the run later."""
+
+    stage: str
+    error: str
+    time: float
+
+    @property
+    def first_line(self) -> str:
+        return self.error.splitlines()[0][:300] if self.error else ""
+
+
+@dataclass(frozen=True)
+class NotStarted:
+    """not_started.json: the run's cost limit kept the instance from starting."""
+
+    reason: str
+    spent_usd: float
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """duplicate.json: another instance of the run owns the same rollout-one patch."""
+
+    duplicate_of: str
+    patch: str
+
+
+# ---------------------------------------------------------------- the layout
+
+
+class DatasetFiles:
+    """The files of one dataset folder: a run's `dataset/`, or a curated copy anywhere."""
+
+    def __init__(self, directory: StorePath):
+        self.dir = directory
+
+    def split(self, name: str) -> StorePath:
+        return self.dir / f"{name}.jsonl"
+
+    def parquet(self, name: str) -> StorePath:
+        return self.dir / f"{name}.parquet"
+
+    def plot(self, kind: str) -> StorePath:
+        return self.dir / f"{kind}.png"
+
+    @property
+    def stats(self) -> StorePath:
+        return self.dir / STATS
+
+    @property
+    def card(self) -> StorePath:
+        return self.dir / CARD
+
+    @property
+    def curation(self) -> StorePath:
+        return self.dir / CURATION
+
+    @property
+    def published(self) -> tuple[StorePath, ...]:
+        """What a published dataset consists of (`push_dataset` uploads these): not curation or temp files."""
+        names = (CARD, STATS, *(f"{s}.{kind}" for s in SPLITS for kind in ("jsonl", "parquet")), *PLOTS)
+        return tuple(self.dir / name for name in names)
+
+
+class InstanceFiles:
+    """The files of one instance of a run."""
+
+    def __init__(self, directory: StorePath):
+        self.dir = directory
+
+    @property
+    def rollout_one(self) -> StorePath:
+        return self.dir / ROLLOUT_ONE
+
+    @property
+    def synth(self) -> StorePath:
+        return self.dir / SYNTH
+
+    @property
+    def rollout_two(self) -> StorePath:
+        return self.dir / ROLLOUT_TWO
+
+    @property
+    def verdict(self) -> StorePath:
+        return self.dir / VERDICT
+
+    @property
+    def duplicate(self) -> StorePath:
+        return self.dir / DUPLICATE
+
+    @property
+    def not_started(self) -> StorePath:
+        return self.dir / NOT_STARTED
+
+    @property
+    def rollout_two_trajectory(self) -> StorePath:
+        return self.dir / ROLLOUT_TWO_TRAJECTORY
+
+    def error(self, stage: str) -> StorePath:
+        return self.dir / f"{stage}{ERROR_SUFFIX}"
+
+    def attempt_trajectory(self, attempt: int) -> StorePath:
+        return self.dir / f"rollout1.a{attempt}.traj.json"
+
+    def trajectory(self, name: str) -> StorePath:
+        """A trajectory by the file name its rollout recorded (`Rollout.trajectory_file`)."""
+        return self.dir / name
+
+    def attempt_trajectories(self) -> list[StorePath]:
+        """Rollout one's attempt trajectories that exist, in attempt order."""
+        found = [(int(m.group(1)), p) for p in self.dir.glob("rollout1.a*.traj.json")
+                 if (m := _ATTEMPT_TRAJECTORY.fullmatch(p.name))] if self.dir.exists() else []
+        return [path for _, path in sorted(found)]
+
+
+class RepoStore:
+    """One repository's part of the store: its runs, caches, published datasets and training jobs."""
+
+    def __init__(self, root: str | StorePath, repo: str, local_cache: Path | None = None):
+        self.root = store_root(root)
         self.repo = repo
-        self.run_id = run_id
-        self.repo_dir = self.root / safe_name(repo)
-        self.run_dir = self.repo_dir / "runs" / safe_name(run_id)
+        self.dir = self.root / safe_name(repo)
+        cache = Path(local_cache or default_local_cache()) / safe_name(repo)
+        self.local_dir = self.dir if is_local(self.root) else cache
+        """Where what must be on a local disk goes: beside the store when it is local, else a worker-local cache."""
+        self._local_cache = local_cache
+
+    @property
+    def is_remote(self) -> bool:
+        return not is_local(self.root)
+
+    def run(self, run_id: str) -> RunStore:
+        return RunStore(self.root, self.repo, run_id, local_cache=self._local_cache)
+
+    @property
+    def runs_dir(self) -> StorePath:
+        return self.dir / "runs"
+
+    def run_names(self) -> list[str]:
+        """The directory names of the repository's runs, sorted."""
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    # worker-local
 
     @property
     def sources_dir(self) -> Path:
-        return self.repo_dir / "sources"
-
-    def inventory_path(self, commit: str) -> Path:
-        return self.repo_dir / "cache" / "inventory" / f"{safe_name(commit)}.json"
+        return self.local_dir / "sources"
 
     def snapshot_dir(self, commit: str) -> Path:
         """A plain checkout of one commit, shared by runs (used for inventory and the local sandbox)."""
-        return self.repo_dir / "cache" / "snapshots" / safe_name(commit)
+        return self.local_dir / "cache" / "snapshots" / safe_name(commit)
 
-    def path(self, *parts: str) -> Path:
-        return self.run_dir.joinpath(*parts)
-
-    def instance_dir(self, instance_id: str) -> Path:
-        return self.run_dir / "instances" / safe_name(instance_id)
-
-    def instance_file(self, instance_id: str, name: str) -> Path:
-        return self.instance_dir(instance_id) / name
+    def snapshot_marker(self, key: str) -> Path:
+        """Beside an image source's snapshot: which image it was copied from."""
+        snapshot = self.snapshot_dir(key)
+        return snapshot.with_name(f"{snapshot.name}.image{JSON_SUFFIX}")
 
     @property
-    def dataset_dir(self) -> Path:
-        return self.run_dir / "dataset"
+    def locks_dir(self) -> Path:
+        return self.local_dir / "cache" / "locks"
 
     @property
-    def published_dir(self) -> Path:
+    def blob_cache(self) -> Path:
+        """Parsed definitions per git blob: a worker's speed-up for inventories, not a result."""
+        return self.local_dir / "cache" / "inventory" / BLOBS
+
+    # in the store
+
+    def inventory_path(self, commit: str) -> StorePath:
+        return self.dir / "cache" / "inventory" / f"{safe_name(commit)}{JSON_SUFFIX}"
+
+    @property
+    def demo_issues_cache(self) -> StorePath:
+        return self.dir / "cache" / DEMO_ISSUES
+
+    @property
+    def published_dir(self) -> StorePath:
         """One pointer file per published run, and `latest.json`: what training uses unless told otherwise."""
-        return self.repo_dir / "datasets"
+        return self.dir / "datasets"
 
     @property
-    def latest_dataset(self) -> Path:
-        return self.published_dir / "latest.json"
+    def latest_dataset(self) -> StorePath:
+        return self.published_dir / LATEST
 
-    def write_json(self, path: Path, data: Any) -> None:
+    def published_pointer(self, run_id: str) -> StorePath:
+        return self.published_dir / f"{safe_name(run_id)}{JSON_SUFFIX}"
+
+    def latest(self) -> dict | None:
+        """The pointer of the latest published dataset ({repo, run_id, dataset_dir, records, published_at})."""
+        return read_json_or(self.latest_dataset)
+
+    @property
+    def models_dir(self) -> StorePath:
+        return self.dir / "models"
+
+    def model_dir(self, job: str) -> StorePath:
+        return self.models_dir / safe_name(job)
+
+    def training_dir(self, job: str) -> StorePath:
+        return self.dir / "training" / safe_name(job)
+
+    def training_job_file(self, job: str) -> StorePath:
+        """The job record: data files, output dir, settings file (what the pod was asked to do)."""
+        return self.training_dir(job) / TRAINING_JOB
+
+    def training_settings_file(self, job: str) -> StorePath:
+        return self.training_dir(job) / TRAINING_SETTINGS
+
+
+class RunStore:
+    """One run of one repository: named, typed accessors for every file of the run."""
+
+    def __init__(self, root: str | StorePath, repo: str, run_id: str, local_cache: Path | None = None):
+        self.repo_store = RepoStore(root, repo, local_cache)
+        self.root = self.repo_store.root
+        self.repo = repo
+        self.run_id = run_id
+        self.repo_dir = self.repo_store.dir
+        self.run_dir = self.repo_store.runs_dir / safe_name(run_id)
+
+    @property
+    def name(self) -> str:
+        """The run's directory name (what the viewer and the published pointers call it)."""
+        return self.run_dir.name
+
+    # run-level files
+
+    @property
+    def commits(self) -> StorePath:
+        return self.run_dir / COMMITS
+
+    @property
+    def manifest(self) -> StorePath:
+        return self.run_dir / MANIFEST
+
+    @property
+    def mirror(self) -> StorePath:
+        return self.run_dir / MIRROR
+
+    @property
+    def instances(self) -> StorePath:
+        return self.run_dir / INSTANCES
+
+    @property
+    def batches(self) -> StorePath:
+        return self.run_dir / BATCHES
+
+    @property
+    def fingerprints(self) -> StorePath:
+        return self.run_dir / FINGERPRINTS
+
+    @property
+    def spend_dir(self) -> StorePath:
+        return self.run_dir / "spend"
+
+    def image(self, commit: str) -> StorePath:
+        return self.run_dir / "images" / f"{safe_name(commit)}{JSON_SUFFIX}"
+
+    def image_error(self, commit: str) -> StorePath:
+        return self.run_dir / "images" / f"{safe_name(commit)}{ERROR_SUFFIX}"
+
+    def move(self, batch_id: str) -> StorePath:
+        return self.run_dir / "moves" / f"{safe_name(batch_id)}{JSON_SUFFIX}"
+
+    def patch_claim(self, fingerprint: str) -> StorePath:
+        return self.run_dir / "patches" / f"{safe_name(fingerprint)}.owner"
+
+    @property
+    def dataset(self) -> DatasetFiles:
+        return DatasetFiles(self.run_dir / "dataset")
+
+    @property
+    def dataset_dir(self) -> StorePath:
+        return self.dataset.dir
+
+    def instance(self, instance_id: str) -> InstanceFiles:
+        return InstanceFiles(self.run_dir / "instances" / safe_name(instance_id))
+
+    # plain JSON
+
+    def write_json(self, path: StorePath, data: Any) -> None:
         atomic_write_json(path, data)
 
-    def read_json(self, path: Path, default: Any = None) -> Any:
-        return read_json(path) if path.exists() else default
+    def read_json(self, path: StorePath, default: Any = None) -> Any:
+        return read_json_or(path, default)
+
+    # typed per-instance records
+
+    def rollout_one(self, instance_id: str) -> RolloutOne | None:
+        data = read_json_or(self.instance(instance_id).rollout_one)
+        return RolloutOne.from_dict(data) if data else None
+
+    def write_rollout_one(self, instance_id: str, record: RolloutOne) -> None:
+        atomic_write_json(self.instance(instance_id).rollout_one, record.to_dict())
+
+    def synth(self, instance_id: str) -> SynthRecord | None:
+        data = read_json_or(self.instance(instance_id).synth)
+        return SynthRecord.from_dict(data) if data is not None else None
+
+    def write_synth(self, instance_id: str, record: SynthRecord) -> None:
+        atomic_write_json(self.instance(instance_id).synth, record.to_dict())
+
+    def rollout_two(self, instance_id: str) -> Rollout | None:
+        data = read_json_or(self.instance(instance_id).rollout_two)
+        return _rollout(data) if data else None
+
+    def write_rollout_two(self, instance_id: str, rollout: Rollout) -> None:
+        atomic_write_json(self.instance(instance_id).rollout_two, rollout.to_dict())
+
+    def verdict(self, instance_id: str) -> Verdict | None:
+        data = read_json_or(self.instance(instance_id).verdict)
+        return _from_dict(Verdict, data) if data is not None else None
+
+    def write_verdict(self, instance_id: str, verdict: Verdict) -> None:
+        atomic_write_json(self.instance(instance_id).verdict, verdict.to_dict())
+
+    def error(self, instance_id: str, stage: str) -> InstanceError | None:
+        data = read_json_or(self.instance(instance_id).error(stage))
+        return _from_dict(InstanceError, data) if data is not None else None
+
+    def write_error(self, instance_id: str, error: InstanceError) -> None:
+        atomic_write_json(self.instance(instance_id).error(error.stage), asdict(error))
+
+    def clear_error(self, instance_id: str, stage: str) -> None:
+        self.instance(instance_id).error(stage).unlink(missing_ok=True)
+
+    def duplicate(self, instance_id: str) -> Duplicate | None:
+        data = read_json_or(self.instance(instance_id).duplicate)
+        return _from_dict(Duplicate, data) if data is not None else None
+
+    def write_duplicate(self, instance_id: str, duplicate: Duplicate) -> None:
+        atomic_write_json(self.instance(instance_id).duplicate, asdict(duplicate))
+
+    def not_started(self, instance_id: str) -> NotStarted | None:
+        data = read_json_or(self.instance(instance_id).not_started)
+        return _from_dict(NotStarted, data) if data is not None else None
+
+    def write_not_started(self, instance_id: str, record: NotStarted) -> None:
+        atomic_write_json(self.instance(instance_id).not_started, asdict(record))
+
+    def clear_not_started(self, instance_id: str) -> None:
+        self.instance(instance_id).not_started.unlink(missing_ok=True)
+
+    def trajectory(self, instance_id: str, name: str) -> dict:
+        """A trajectory of the instance by the file name its rollout recorded."""
+        return read_json(self.instance(instance_id).trajectory(name))
+
+    def instance_records(self) -> list[dict]:
+        """instances.json: the sampled instances (as `functions.Instance` dicts); empty before `sample`."""
+        return read_json_or(self.instances, [])

@@ -19,12 +19,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from openai import APIConnectionError, APIStatusError, APITimeoutError, AuthenticationError, OpenAI
 
 from sera_ops.config import ModelServer
+from sera_ops.store import StorePath, append_text
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ class Budget:
 class SpendLedger:
     """The run's spend on priced teachers: one append-only file per process (`<host>-<pid>.jsonl`, a line per
     instance and stage), so parallel batch tasks never write the same file and need no lock on any filesystem. A
-    reader sums only what was appended since it last looked, and only whole lines."""
+    reader sums only what was appended since it last looked, and only whole lines. On object storage an append is a
+    rewrite of the process's own object (`store.append_text`), which no other process writes."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: StorePath):
         self.directory = directory
         self._lock = threading.Lock()
         self._offsets: dict[str, int] = {}
@@ -118,10 +119,9 @@ class SpendLedger:
         if usd <= 0:
             return
         line = json.dumps({"instance": instance_id, "stage": stage, "usd": round(usd, 9)}) + "\n"
-        self.directory.mkdir(parents=True, exist_ok=True)
         own_file = self.directory / f"{socket.gethostname()}-{os.getpid()}.jsonl"  # at write time: safe across fork
-        with self._lock, own_file.open("a", encoding="utf-8") as handle:
-            handle.write(line)
+        with self._lock:
+            append_text(own_file, line)
 
     def total(self) -> float:
         with self._lock:
@@ -147,11 +147,11 @@ class SpendLedger:
             self._offsets[path.name] = offset + len(whole)
 
 
-_LEDGERS: dict[Path, SpendLedger] = {}
+_LEDGERS: dict[StorePath, SpendLedger] = {}
 _LEDGERS_LOCK = threading.Lock()
 
 
-def spend_ledger(directory: Path) -> SpendLedger:
+def spend_ledger(directory: StorePath) -> SpendLedger:
     """This process's reader and writer of a run's ledger, shared by its threads (so each line is read once)."""
     with _LEDGERS_LOCK:
         return _LEDGERS.setdefault(directory, SpendLedger(directory))

@@ -1,39 +1,47 @@
-"""Training stage: supervised fine-tuning on the exported T1/T2 records (LoRA or full), assistant-only loss.
+"""Training stage: supervised fine-tuning on the exported T1/T2 records with TRL's `SFTTrainer` (LoRA or full).
 
 Reads the JSONL records postprocess writes (`{"messages": [{"role", "content", "train"}], ...}`, sera.md §7.4),
 renders them as ChatML and trains only on the messages marked `train: true` (axolotl's `message_field_training`,
-SERA's primary recipe, §8.1). Over-long samples are cut back to the last complete trainable turn that fits, as
-SERA's torchtune-style length filter does (§8.3), instead of being dropped whole.
+SERA's primary recipe, §8.1): the labels are built here from the `train` keys and handed to TRL as a tokenised
+dataset, because TRL's own `assistant_only_loss` follows roles, not the records' keys. Over-long samples are cut back
+to the last complete trainable turn that fits, as SERA's torchtune-style length filter does (§8.3), instead of being
+dropped whole. Examples are packed padding-free (TRL's best-fit-decreasing packing; positions restart per example so
+packed examples never attend to each other), or padded per micro-batch with `packing: false`.
 
-The loop is plain torch (AdamW, cosine schedule with warm-up, gradient accumulation normalised by the number of
-supervised tokens of the whole step, seeded shuffling), so the same code runs in the embedded demo on a CPU and in the
-Kubernetes pod on a GPU (`python -m sera_ops.train`). Without a `base_model` a tiny Qwen3 model and a ByteLevel BPE
-tokenizer are built from the dataset itself: nothing is ever downloaded.
+One process runs with `python -m sera_ops.train` (the `local` backend, the demo); `accelerate launch --num_processes N
+[--config_file sera_ops/accelerate/<ddp|fsdp>.yaml] -m sera_ops.train ...` runs the same code on N processes (all GPUs
+of a pod, or several nodes through a PyTorchJob). Checkpoints go to `.<out>.checkpoints/` next to the output, which
+survives a killed pod: the next start with the same settings and data resumes from the newest complete one. The
+final model is published atomically by rank 0 and the checkpoints are removed. Without a `base_model` a tiny Qwen3 and
+a ByteLevel BPE tokenizer are built from the dataset itself: nothing is ever downloaded.
 
-torch, transformers, peft and tokenizers are imported inside the functions that need them: the Airflow dag-processor
-imports modules that import this one every 30 s, and must not pay for torch.
+torch, transformers, trl, peft and tokenizers are imported inside the functions that need them: the Airflow
+dag-processor imports modules that import this one every 30 s, and must not pay for torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
-import random
+import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
+
+from sera_ops.train_settings import TrainSettings
 
 if TYPE_CHECKING:
-    import torch
+    from trl import SFTTrainer
 
 TRAIN_MODULE = "sera_ops.train"
 
@@ -57,70 +65,18 @@ TINY_MODEL_SIZES: dict[str, dict[str, int]] = {
 }
 TINY_MODEL_MAX_POSITIONS = 32768  # SERA's sequence_len, so the default max_seq_len needs no clamping on tiny models
 TINY_MODEL_SEED = 0
-BASE_MODEL_DIR = "base_model"  # where a tiny base model is built inside the output when no base_model is given
+BASE_MODEL_DIR = "base_model"  # where a tiny base model is built (checkpoints dir) and published (output)
 METRICS_FILE = "metrics.json"
 SETTINGS_FILE = "train_settings.json"
+FINGERPRINT_FILE = "fingerprint.json"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
+TRAINER_STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence marks a complete one
 
 log = logging.getLogger(__name__)
 
 
 class TrainInputError(ValueError):
     """The data given to training is unusable (missing file, malformed record, no trainable example)."""
-
-
-class TrainSettings(BaseModel):
-    """Hyper-parameters; defaults follow SERA's configs (sera.md §8): full-FT lr 1e-5, LoRA r32/α128 at 5e-5."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["lora", "full"] = "lora"
-    base_model: str | None = Field(default=None, description="local model directory; None builds a tiny model")
-    tiny_model_size: Literal["1m", "10m"] = "1m"
-    datasets: list[Literal["t1", "t2"]] = ["t1", "t2"]
-    epochs: float = Field(default=3, gt=0)
-    learning_rate: float = Field(default=1e-5, gt=0, description="full fine-tuning")
-    lora_learning_rate: float = Field(default=5e-5, gt=0)
-    lora_r: int = Field(default=32, ge=1)
-    lora_alpha: int = Field(default=128, ge=1)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    max_seq_len: int = Field(default=32768, ge=8, description="clamped to the model's max_position_embeddings")
-    micro_batch_size: int = Field(default=1, ge=1)
-    grad_accum: int = Field(default=8, ge=1)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    weight_decay: float = Field(default=0.01, ge=0)
-    adam_beta2: float = Field(default=0.95, gt=0, lt=1)
-    max_grad_norm: float | None = Field(default=1.0, gt=0, description="None disables clipping")
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    max_steps: int | None = Field(default=None, ge=1, description="cap on optimizer steps (smoke runs)")
-    packing: bool = False
-
-    @field_validator("base_model")
-    @classmethod
-    def _local_directory(cls, value: str | None) -> str | None:
-        if value is not None and not Path(value).is_dir():
-            raise ValueError(f"base_model {value!r} is not an existing directory: training only loads local "
-                             "model directories (no hub downloads); leave it unset to build a tiny model")
-        return value
-
-    @field_validator("datasets")
-    @classmethod
-    def _distinct_datasets(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError(f"datasets must name t1 and/or t2 once each, got {value}")
-        return value
-
-    @field_validator("lora_targets")
-    @classmethod
-    def _some_targets(cls, value: list[str]) -> list[str]:
-        if not value or not all(name.strip() for name in value):
-            raise ValueError(f"lora_targets must list module names, got {value}")
-        return value
-
-    @property
-    def optimizer_learning_rate(self) -> float:
-        return self.lora_learning_rate if self.method == "lora" else self.learning_rate
 
 
 @dataclass
@@ -131,15 +87,17 @@ class TrainResult:
     examples: int
     dropped: int
     truncated: int
-    steps: int
-    tokens_trained: int  # input tokens through forward and backward (padding excluded)
-    supervised_tokens: int  # tokens that carried loss (assistant turns)
+    steps: int  # optimizer steps of the whole run, resumed or not
+    tokens_trained: int  # input tokens through forward and backward on all processes, whole run (padding excluded)
+    supervised_tokens_per_epoch: int  # tokens of the examples that carry loss (trained turns), one pass
     first_loss: float
     last_loss: float
-    seconds: float  # the training loop alone; model loading and saving excluded
-    tokens_per_s: float
+    seconds: float  # this launch's training loop; model loading, saving and the steps before a resume excluded
+    tokens_per_s: float  # tokens this launch trained (all processes) per second of its loop
     trainable_params: int
     total_params: int
+    world_size: int  # processes that trained together
+    resumed_from: str | None  # the checkpoint this launch continued from
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -276,105 +234,7 @@ def build_tiny_model(output_dir: Path, corpus: Iterable[str], *, size: Literal["
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batches
-
-
-def pack_examples(examples: Sequence[dict[str, Any]], max_len: int) -> list[list[dict[str, Any]]]:
-    """Greedy packing in the given order: each row holds consecutive examples whose total length fits `max_len`."""
-    rows: list[list[dict[str, Any]]] = []
-    length = 0
-    for example in examples:
-        size = len(example["input_ids"])
-        if rows and length + size <= max_len:
-            rows[-1].append(example)
-            length += size
-        else:
-            rows.append([example])
-            length = size
-    return rows
-
-
-def make_batch(rows: Sequence[Sequence[dict[str, Any]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for rows of one or more examples each.
-
-    Positions restart at 0 for every example and no attention mask is passed: called with `use_cache=False`,
-    transformers then treats a row as packed sequences that cannot attend to each other. Padding continues the last
-    example's positions; under the causal mask no real token sees it, and its labels are -100.
-    """
-    import torch
-
-    width = max(sum(len(example["input_ids"]) for example in row) for row in rows)
-    input_ids, labels, positions = [], [], []
-    for row in rows:
-        ids = [token for example in row for token in example["input_ids"]]
-        row_labels = [label for example in row for label in example["labels"]]
-        row_positions = [position for example in row for position in range(len(example["input_ids"]))]
-        padding = width - len(ids)
-        input_ids.append(ids + [pad_token_id] * padding)
-        labels.append(row_labels + [IGNORE_INDEX] * padding)
-        positions.append(row_positions + list(range(row_positions[-1] + 1, row_positions[-1] + 1 + padding)))
-    return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels),
-            "position_ids": torch.tensor(positions)}
-
-
-def _epoch_rows(examples: list[dict[str, Any]], settings: TrainSettings, max_len: int,
-                epoch: int) -> list[list[dict[str, Any]]]:
-    order = list(examples)
-    random.Random(settings.seed + epoch).shuffle(order)
-    return pack_examples(order, max_len) if settings.packing else [[example] for example in order]
-
-
-def _micro_batches(examples: list[dict[str, Any]], settings: TrainSettings,
-                   max_len: int) -> Iterator[list[list[dict[str, Any]]]]:
-    """Endless stream of micro-batches, reshuffled (and repacked) every epoch; the caller decides when to stop."""
-    epoch = 0
-    while True:
-        rows = _epoch_rows(examples, settings, max_len, epoch)
-        for start in range(0, len(rows), settings.micro_batch_size):
-            yield rows[start:start + settings.micro_batch_size]
-        epoch += 1
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Training
-
-
-def _device_and_dtype() -> tuple[str, torch.dtype]:
-    """bf16 weights on a GPU that supports them (as SERA's `bf16: auto`), fp32 otherwise."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return "cpu", torch.float32
-
-
-def _load_model(base_model: Path, settings: TrainSettings, device: str, dtype: torch.dtype) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, local_files_only=True)
-    model.config.use_cache = False
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if settings.method == "lora":
-            model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
-    if settings.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                          target_modules=list(settings.lora_targets), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
-    return model.to(device)
-
-
-def _optimizer(model: Any, settings: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW without decay on biases and norm weights (1-D tensors), as transformers' Trainer does."""
-    import torch
-
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
-              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([group for group in groups if group["params"]], lr=settings.optimizer_learning_rate,
-                             betas=(0.9, settings.adam_beta2))
+# Trainer
 
 
 def _encode_files(tokenizer: Any, records_by_file: dict[Path, list[dict[str, Any]]],
@@ -399,98 +259,146 @@ def _encode_files(tokenizer: Any, records_by_file: dict[Path, list[dict[str, Any
     return examples, per_file
 
 
-def _train(staging: Path, output_dir: Path, records_by_file: dict[Path, list[dict[str, Any]]],
-           settings: TrainSettings) -> TrainResult:
-    """Everything that writes: build or load the base, encode, train, save into `staging`."""
+def _load_model(base_model: Path) -> Any:
+    """bf16 weights on a GPU that supports them (as SERA's `bf16: auto`), fp32 otherwise."""
     import torch
-    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+    from transformers import AutoModelForCausalLM
 
-    if settings.base_model is None:
-        base_path = build_tiny_model(staging / BASE_MODEL_DIR, (_chatml_text(record) for records in
-                                                                records_by_file.values() for record in records),
-                                     size=settings.tiny_model_size)
-        recorded_base = output_dir / BASE_MODEL_DIR
-    else:
-        base_path = recorded_base = Path(settings.base_model).resolve()
-    torch.manual_seed(settings.seed)
-    device, dtype = _device_and_dtype()
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                 local_files_only=True)
+    model.config.use_cache = False
+    return model
+
+
+def _lora_config(settings: TrainSettings) -> Any:
+    if settings.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=list(settings.lora_targets), task_type="CAUSAL_LM")
+
+
+def _step_meter() -> Any:
+    """A TrainerCallback that times each optimizer step of this launch and counts its input tokens (all processes),
+    and sends the trainer's log lines to the logger (stderr) instead of stdout. Built here: transformers is heavy."""
+    from transformers import TrainerCallback
+
+    class StepMeter(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.tokens: list[int] = []
+            self._started = 0.0
+            self._seen = 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._started, self._seen = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.seconds.append(time.perf_counter() - self._started)
+            self.tokens.append(int(state.num_input_tokens_seen - self._seen))
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if state.is_world_process_zero and logs:
+                log.info("step %d/%d %s", state.global_step, state.max_steps,
+                         " ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                  for key, value in logs.items()))
+
+    return StepMeter()
+
+
+def build_trainer(base_path: Path, examples: Sequence[dict[str, Any]], settings: TrainSettings, max_len: int,
+                  checkpoint_dir: Path) -> tuple[SFTTrainer, Any]:
+    """The SFTTrainer for these encoded examples, with the optimiser, schedule, packing and checkpointing of
+    `settings`, and its step meter; `max_steps` is the epochs' step count, capped by `settings.max_steps`."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, PrinterCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    set_seed(settings.seed)  # the LoRA weights are drawn before the Trainer seeds itself
     tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
-    model = _load_model(base_path, settings, device, dtype)
-    model_limit = getattr(model.config, "max_position_embeddings", None) or settings.max_seq_len
-    max_len = min(settings.max_seq_len, model_limit)
-    examples, per_file = _encode_files(tokenizer, records_by_file, max_len)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    # packing varies a little between epochs; the first epoch's row count sizes the schedule
-    micro_per_epoch = math.ceil(len(_epoch_rows(examples, settings, max_len, 0)) / settings.micro_batch_size)
-    total_micro = math.ceil(settings.epochs * micro_per_epoch)
-    steps = math.ceil(total_micro / settings.grad_accum)
-    if settings.max_steps is not None:
-        steps = min(steps, settings.max_steps)
-        total_micro = min(total_micro, steps * settings.grad_accum)
-    optimizer = _optimizer(model, settings)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(settings.warmup_ratio * steps), steps)
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    log.info("training %s on %d examples (%d dropped), %d steps, max_seq_len %d, %s %s", settings.method,
-             len(examples), sum(c["dropped"] for c in per_file.values()), steps, max_len, device, dtype)
-
-    batches = _micro_batches(examples, settings, max_len)
-    losses, step_seconds, step_tokens, learning_rates = [], [], [], []
-    supervised_tokens = 0
-    model.train()
-    for step in range(steps):
-        started = time.perf_counter()
-        group_rows = [next(batches) for _ in range(min(settings.grad_accum, total_micro - step * settings.grad_accum))]
-        group = [make_batch(rows, pad_token_id) for rows in group_rows]
-        # transformers shifts labels by one inside the loss: the targets are labels[:, 1:]
-        targets = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in group)
-        step_loss = 0.0
-        for batch in group:
-            batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            loss = model(**batch, use_cache=False, num_items_in_batch=targets).loss
-            loss.backward()
-            step_loss += loss.item()
-        if not math.isfinite(step_loss):
-            raise RuntimeError(f"loss is {step_loss} at step {step + 1}: training diverged, nothing was published")
-        if settings.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-        learning_rates.append(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        step_tokens.append(sum(len(example["input_ids"]) for rows in group_rows for row in rows for example in row))
-        supervised_tokens += targets
-        step_seconds.append(time.perf_counter() - started)
-        log.info("step %d/%d loss %.4f (%.2f s)", step + 1, steps, step_loss, step_seconds[-1])
-
-    model.eval()
-    transformers_model = model.get_base_model() if settings.method == "lora" else model
-    # the staging path would otherwise end up in the model card and config
-    transformers_model.name_or_path = transformers_model.config.name_or_path = str(recorded_base)
-    if settings.method == "lora":
-        model.peft_config["default"].base_model_name_or_path = str(recorded_base)
-        model.save_pretrained(staging, save_embedding_layers=False)  # LoRA targets projections, never embeddings
-    else:
-        model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    seconds = sum(step_seconds)
-    result = TrainResult(
-        output_dir=str(output_dir), method=settings.method, base_model=str(recorded_base), examples=len(examples),
-        dropped=sum(c["dropped"] for c in per_file.values()), truncated=sum(c["truncated"] for c in per_file.values()),
-        steps=steps, tokens_trained=sum(step_tokens), supervised_tokens=supervised_tokens, first_loss=losses[0],
-        last_loss=losses[-1], seconds=seconds, tokens_per_s=sum(step_tokens) / seconds if seconds else 0.0,
-        trainable_params=sum(p.numel() for p in trainable), total_params=sum(p.numel() for p in model.parameters()))
-    metrics = {**asdict(result), "losses": losses, "learning_rates": learning_rates, "step_seconds": step_seconds,
-               "step_tokens": step_tokens, "max_seq_len": max_len, "micro_batches_per_epoch": micro_per_epoch,
-               "device": device, "dtype": str(dtype).removeprefix("torch."), "files": per_file}
-    (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (staging / SETTINGS_FILE).write_text(settings.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return result
+    model = _load_model(base_path)
+    config = SFTConfig(
+        output_dir=str(checkpoint_dir), seed=settings.seed, num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.micro_batch_size, gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.optimizer_learning_rate, lr_scheduler_type="cosine", warmup_steps=settings.warmup_ratio,
+        weight_decay=settings.weight_decay, adam_beta1=0.9, adam_beta2=settings.adam_beta2, optim="adamw_torch",
+        max_grad_norm=settings.max_grad_norm or 0.0, activation_checkpointing=settings.gradient_checkpointing,
+        bf16=model.dtype == torch.bfloat16, max_length=max_len, packing=settings.packing, packing_strategy="bfd",
+        padding_free=settings.packing, shuffle_dataset=True, logging_steps=settings.logging_steps,
+        save_strategy="steps", save_steps=settings.save_steps, save_total_limit=settings.save_total_limit,
+        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), dataloader_pin_memory=torch.cuda.is_available(),
+        ddp_find_unused_parameters=False)
+    dataset = Dataset.from_list([{"input_ids": example["input_ids"], "labels": example["labels"]}
+                                 for example in examples])
+    meter = _step_meter()
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=_lora_config(settings), callbacks=[meter])
+    trainer.remove_callback(PrinterCallback)
+    # transformers' own count, so that `max_steps` only ever shortens the run (the Trainer would repeat epochs)
+    batches = math.ceil(len(trainer.train_dataset) / (settings.micro_batch_size * trainer.args.world_size))
+    steps = math.ceil(settings.epochs * math.ceil(batches / settings.grad_accum))
+    trainer.args.max_steps = min(steps, settings.max_steps or steps)
+    return trainer, meter
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Atomic output
+# Checkpoints and atomic output
+
+
+def checkpoint_dir_for(output_dir: Path) -> Path:
+    """Next to the output (same volume, so it survives the pod), hidden, and not touched by `_remove_leftovers`."""
+    return output_dir.parent / f".{output_dir.name}.checkpoints"
+
+
+def _fingerprint(dataset_files: Sequence[Path], settings: TrainSettings) -> str:
+    """What a checkpoint is only valid for: the settings and the exact dataset bytes."""
+    digest = hashlib.sha256(settings.model_dump_json().encode())
+    for path in dataset_files:
+        digest.update(str(Path(path).resolve()).encode())
+        with Path(path).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _prepare_checkpoint_dir(checkpoint_dir: Path, fingerprint: str) -> None:
+    """Keep the checkpoints of an earlier attempt of this very job; clear those of any other."""
+    marker = checkpoint_dir / FINGERPRINT_FILE
+    if checkpoint_dir.exists() and (not marker.is_file() or
+                                    json.loads(marker.read_text(encoding="utf-8")).get("fingerprint") != fingerprint):
+        log.info("discarding %s: its checkpoints belong to other settings or data", checkpoint_dir)
+        shutil.rmtree(checkpoint_dir)
+    if not marker.is_file():
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        staged = marker.with_suffix(".tmp")
+        staged.write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+        staged.replace(marker)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint: a kill while saving leaves one without its trainer state, which is skipped."""
+    complete = [(int(match[1]), path) for path in checkpoint_dir.glob("checkpoint-*")
+                if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / TRAINER_STATE_FILE).is_file()]
+    return max(complete)[1] if complete else None
+
+
+def _tiny_base_model(checkpoint_dir: Path, records_by_file: dict[Path, list[dict[str, Any]]],
+                     size: Literal["1m", "10m"]) -> Path:
+    """Built once per job into the checkpoints dir (a resumed run must continue on the very same base)."""
+    target = checkpoint_dir / BASE_MODEL_DIR
+    if not (target / "config.json").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        staged = checkpoint_dir / f".{BASE_MODEL_DIR}.partial"
+        shutil.rmtree(staged, ignore_errors=True)
+        build_tiny_model(staged, (_chatml_text(record) for records in records_by_file.values() for record in records),
+                         size=size)
+        staged.rename(target)
+    return target
 
 
 def _staging_prefixes(output_dir: Path) -> tuple[str, str]:
@@ -519,32 +427,134 @@ def _publish(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _save_model(trainer: SFTTrainer, staging: Path | None, settings: TrainSettings, recorded_base: Path) -> None:
+    """Gather the weights on every process (FSDP shards them), write them from rank 0 into `staging`."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if staging is None:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    base = model.get_base_model() if settings.method == "lora" else model
+    # the checkpoints path would otherwise end up in the model card and config
+    base.name_or_path = base.config.name_or_path = str(recorded_base)
+    if settings.method == "lora":
+        model.peft_config["default"].base_model_name_or_path = str(recorded_base)
+        model.save_pretrained(staging, state_dict=state_dict, save_embedding_layers=False)  # LoRA targets projections
+    else:
+        model.save_pretrained(staging, state_dict=state_dict)
+    trainer.processing_class.save_pretrained(staging)
+
+
+def _report(trainer: SFTTrainer, meter: Any, result: TrainResult, per_file: dict[str, dict[str, int]],
+            max_len: int, settings: TrainSettings) -> dict[str, Any]:
+    """metrics.json: the TrainResult, the loss curve of every logging step (resumed runs included) and this
+    launch's per-step timings."""
+    curve = [{key: entry[key] for key in ("step", "loss", "learning_rate", "grad_norm", "num_tokens",
+                                           "mean_token_accuracy") if key in entry}
+             for entry in trainer.state.log_history if "loss" in entry]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {**asdict(result), "loss_curve": curve, "losses": [entry["loss"] for entry in curve],
+            "learning_rates": [entry["learning_rate"] for entry in curve],
+            "step_seconds": meter.seconds, "step_tokens": meter.tokens,
+            "max_seq_len": max_len, "rows_per_epoch": len(trainer.train_dataset), "packing": settings.packing,
+            "distributed": settings.distributed if result.world_size > 1 else None,
+            "device": str(trainer.args.device), "dtype": str(model.dtype).removeprefix("torch."), "files": per_file}
+
+
+def _train(output_dir: Path, checkpoint_dir: Path, records_by_file: dict[Path, list[dict[str, Any]]],
+           settings: TrainSettings, state: Any) -> TrainResult:
+    """Load or build the base, encode, train (resuming when a checkpoint exists), publish from rank 0."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    with state.main_process_first():
+        if settings.base_model is None:
+            base_path = _tiny_base_model(checkpoint_dir, records_by_file, settings.tiny_model_size)
+            recorded_base = output_dir / BASE_MODEL_DIR
+        else:
+            base_path = recorded_base = Path(settings.base_model).resolve()
+    model_limit = getattr(AutoConfig.from_pretrained(base_path, local_files_only=True), "max_position_embeddings",
+                          None) or settings.max_seq_len
+    max_len = min(settings.max_seq_len, model_limit)
+    tokenizer = AutoTokenizer.from_pretrained(base_path, local_files_only=True)
+    examples, per_file = _encode_files(tokenizer, records_by_file, max_len)
+    trainer, meter = build_trainer(base_path, examples, settings, max_len, checkpoint_dir)
+    resume = last_checkpoint(checkpoint_dir)
+    log.info("training %s on %d examples (%d dropped) in %d rows, %d steps, max_seq_len %d, %d process(es)%s",
+             settings.method, len(examples), sum(c["dropped"] for c in per_file.values()),
+             len(trainer.train_dataset), trainer.args.max_steps, max_len, state.num_processes,
+             f", resuming from {resume}" if resume else "")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    curve = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if not curve or not all(math.isfinite(loss) for loss in curve):
+        raise RuntimeError(f"loss went {curve[-1:] or 'unlogged'}: training diverged, nothing was published")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    result = TrainResult(
+        output_dir=str(output_dir), method=settings.method, base_model=str(recorded_base), examples=len(examples),
+        dropped=sum(c["dropped"] for c in per_file.values()), truncated=sum(c["truncated"] for c in per_file.values()),
+        steps=trainer.state.global_step, tokens_trained=int(trainer.state.num_input_tokens_seen),
+        supervised_tokens_per_epoch=sum(sum(label != IGNORE_INDEX for label in example["labels"][1:])
+                                        for example in examples),
+        first_loss=curve[0], last_loss=curve[-1], seconds=sum(meter.seconds),
+        tokens_per_s=sum(meter.tokens) / sum(meter.seconds) if sum(meter.seconds) else 0.0,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in model.parameters()), world_size=state.num_processes,
+        resumed_from=str(resume) if resume else None)
+
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=_staging_prefixes(output_dir)[0])) \
+        if state.is_main_process else None
+    try:
+        _save_model(trainer, staging, settings, recorded_base)
+        if staging is not None:
+            if settings.base_model is None:
+                shutil.copytree(base_path, staging / BASE_MODEL_DIR)
+            metrics = _report(trainer, meter, result, per_file, max_len, settings)
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+            (staging / SETTINGS_FILE).write_text(settings.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            _publish(staging, output_dir)
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the job is done: nothing left to resume
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    state.wait_for_everyone()
+    return result
+
+
 def run_sft(dataset_files: list[Path], output_dir: Path, settings: TrainSettings) -> TrainResult:
     """Fine-tune on `dataset_files` and publish the model, tokenizer, metrics.json and train_settings.json.
 
-    Everything is written to a staging directory next to `output_dir` and renamed into place at the end, so a
-    reader or a retried task sees either the previous complete output or the new one, never half a checkpoint.
+    The output is written to a staging directory next to `output_dir` and renamed into place at the end, so a reader
+    or a retried task sees either the previous complete output or the new one, never half a model. Checkpoints of an
+    interrupted attempt with the same settings and data are resumed; a failure before the first checkpoint leaves
+    nothing behind. Under `accelerate launch` every process calls this; rank 0 alone writes the output.
     """
+    import torch
+    from accelerate import PartialState
+
     output_dir = Path(output_dir).resolve()
     records_by_file = {Path(path): _read_records(Path(path)) for path in dataset_files}
     if not records_by_file:
         raise TrainInputError("no dataset files given")
     if not any(records_by_file.values()):
         raise TrainInputError(f"no usable training examples: {', '.join(map(str, records_by_file))} hold no records")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(output_dir)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=_staging_prefixes(output_dir)[0]))
+    # joins the process group `accelerate launch` set up (gloo without a GPU), a single process otherwise
+    state = PartialState(cpu=not torch.cuda.is_available())
+    checkpoint_dir = checkpoint_dir_for(output_dir)
+    if state.is_main_process:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(output_dir)
+        _prepare_checkpoint_dir(checkpoint_dir, _fingerprint(list(records_by_file), settings))
+    state.wait_for_everyone()
     try:
-        result = _train(staging, output_dir, records_by_file, settings)
-        _publish(staging, output_dir)
+        return _train(output_dir, checkpoint_dir, records_by_file, settings, state)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if state.is_main_process and last_checkpoint(checkpoint_dir) is None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # nothing to resume: leave no trace
         raise
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Entry point of the training pod
+# Entry point of the training pod (one process, or each process of `accelerate launch`)
 
 
 def _load_settings(path: Path | None) -> TrainSettings:
@@ -562,7 +572,8 @@ def _load_settings(path: Path | None) -> TrainSettings:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m sera_ops.train --data FILE|DIR [--data ...] --out DIR [--settings settings.json]`.
 
-    Progress goes to stderr; the last stdout line is the TrainResult as JSON. Exit status 2 means bad input.
+    Progress goes to stderr; the last stdout line (of rank 0) is the TrainResult as JSON. Exit status 2 means bad
+    input.
     """
     parser = argparse.ArgumentParser(prog=f"python -m {TRAIN_MODULE}", description=main.__doc__)
     parser.add_argument("--data", type=Path, action="append", required=True,
@@ -577,7 +588,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainInputError, ValidationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(asdict(result)), flush=True)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(asdict(result)), flush=True)
     return 0
 
 

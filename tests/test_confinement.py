@@ -102,7 +102,7 @@ def test_hostile_episodes_are_confined_and_the_batch_finishes(kind, tmp_path, mo
     with HostileTeacher(config, outside=targets, reads=[str(outside / "secret.txt"), str(platform_file)]) as teacher:
         ctx = make_context(tmp_path, teacher, kind)
         batch = prepare(ctx)
-        instances = json.loads(ctx.store.path("instances.json").read_text())
+        instances = json.loads(ctx.store.instances.read_text())
         names = [i["start_fn"] for i in instances]
         unique = [i for i in instances if names.count(i["start_fn"]) == 1]
         attacked, wrecked = unique[0], unique[1]
@@ -118,9 +118,9 @@ def test_hostile_episodes_are_confined_and_the_batch_finishes(kind, tmp_path, mo
     assert KEY not in observations and REACHED not in observations
     assert "blocked 127.0.0.1" in observations  # the network attack ran, and its own teacher was out of reach
 
-    error = json.loads(ctx.store.instance_file(wrecked["instance_id"], "rollout1.error.json").read_text())
+    error = json.loads(ctx.store.instance(wrecked["instance_id"]).error("rollout1").read_text())
     assert "EpisodeError" in error["error"] and "could not read the patch" in error["error"]
-    hostile = json.loads(ctx.store.instance_file(attacked["instance_id"], "rollout1.json").read_text())["final"]
+    hostile = json.loads(ctx.store.instance(attacked["instance_id"]).rollout_one.read_text())["final"]
     assert hostile["patch"] == "" and "command timeout (3 s)" in hostile["limits_hit"]
     if kind == "docker":
         assert any(hit.startswith("memory limit (256m)") for hit in hostile["limits_hit"])
@@ -128,7 +128,7 @@ def test_hostile_episodes_are_confined_and_the_batch_finishes(kind, tmp_path, mo
         assert docker_leftovers(ctx.store.run_id) == []
     for instance in instances:
         if instance not in (attacked, wrecked):
-            result = json.loads(ctx.store.instance_file(instance["instance_id"], "rollout1.json").read_text())
+            result = json.loads(ctx.store.instance(instance["instance_id"]).rollout_one.read_text())
             assert result["is_good_patch"] and result["final"]["exit_status"] == "Submitted"
             assert result["final"]["patch"].startswith("diff --git") and result["final"]["limits_hit"] == []
     assert stray_processes() == []

@@ -79,7 +79,7 @@ def test_usage_and_cost_are_summed_per_stage_server_and_run(tmp_path):
     assert stats["cost_usd"] > 0 and stats["spent_usd"] == pytest.approx(stats["cost_usd"], abs=1e-5)
     assert (stats[COST_LIMITED], stats["not_started"]) == (0, 0)
     for instance, two in records(ctx, "rollout2.json").items():  # mini-swe-agent's own sum sees the same cost
-        trajectory = json.loads(ctx.store.instance_file(instance, "rollout2.traj.json").read_text())
+        trajectory = json.loads(ctx.store.instance(instance).rollout_two_trajectory.read_text())
         assert trajectory["info"]["model_stats"]["instance_cost"] == pytest.approx(two["cost_usd"], abs=1e-6)
         assert two["server"] == "scripted" and two["cost_usd"] > 0
 
@@ -95,14 +95,14 @@ def test_an_instance_over_its_cost_limit_is_stopped_and_recorded(tmp_path):
         assert summary["failed"] == 0 and teacher.stats.get("judge", 0) == teacher.stats.get("writer", 0) == 0
         stats = pipeline.assemble(ctx)
     assert (stats[COST_LIMITED], stats["judged_good"], stats["failed"]["instances"]) == (4, 0, 0)
-    ledger = SpendLedger(ctx.store.path("spend"))
+    ledger = SpendLedger(ctx.store.spend_dir)
     for instance, result in records(ctx, "rollout1.json").items():
         final = result["final"]
         assert result[COST_LIMITED] and not result["is_good_patch"] and len(result["attempts"]) == 1
         assert final["exit_status"] == COST_LIMITED and 1 < final["model_calls"] < ctx.spec.rollout.step_limit
         assert result["attempts"][0]["judgement"] == {"is_good_patch": False, "answer": None, "calls": 0,
                                                       "cost_limited": True}
-        trajectory = json.loads(ctx.store.instance_file(instance, final["trajectory_file"]).read_text())
+        trajectory = json.loads(ctx.store.instance(instance).trajectory(final["trajectory_file"]).read_text())
         costs = [m["extra"]["cost"] for m in trajectory["messages"] if m["role"] == "assistant"]
         assert sum(costs[:-1]) < limit <= sum(costs) == pytest.approx(final["cost_usd"]), "stopped after crossing"
         assert trajectory["messages"][-1]["extra"]["exit_status"] == COST_LIMITED
@@ -125,7 +125,7 @@ def test_a_run_over_its_cost_limit_starts_no_new_instance_until_the_limit_is_rai
         assert len(markers) == 3 and "cost_limits.per_run_usd" in json.loads(markers[0].read_text())["reason"]
         assert sum("not started" in r.getMessage() for r in caplog.records) == 3
         done = next(path.parent.name for path in ctx.store.run_dir.rglob("rollout1.json"))
-        ctx.store.instance_file(done, "synth.json").unlink()  # as if its task died there: a retry does not resume it
+        ctx.store.instance(done).synth.unlink()  # as if its task died there: a retry does not resume it
         pipeline.rollouts(ctx, batch)
         assert pipeline.assemble(ctx)["failed"]["by_error"] == {
             f"synth: not run ({json.loads(markers[0].read_text())['reason']})": 1}

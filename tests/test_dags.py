@@ -134,6 +134,7 @@ def test_kubernetes_training_pod_spec(tmp_path):
     dag = load_bag(platform).dags["sera_train__tinyledger"]
     pod_task = dag.get_task("train")
     assert type(pod_task).__name__ == "KubernetesPodOperator" and pod_task.retries >= 1
+    assert dag.description.endswith("(lora, kubernetes, 2 GPU ddp)")
     arguments = ["--data", f"{tmp_path}/store/tinyledger/runs/r/dataset/t1.jsonl", "--out", "/m", "--settings", "/s"]
     env = dag.get_template_env()
     assert isinstance(env, jinja2.nativetypes.NativeEnvironment)
@@ -141,10 +142,15 @@ def test_kubernetes_training_pod_spec(tmp_path):
     pod = pod_task.build_pod_request_obj(dry_run=True)
     container = pod.spec.containers[0]
     assert pod.metadata.namespace == "ml" and container.image == "reg.local/sera-train:1"
-    assert container.command == ["python", "-m", "sera_ops.train"] and container.args == arguments
+    # one training process per requested GPU, started by accelerate with the shipped DDP config
+    assert container.command == ["accelerate", "launch", "--config_file", "sera_ops/accelerate/ddp.yaml",
+                                 "--num_processes=2", "-m", "sera_ops.train"]
+    assert container.args == arguments
+    assert (ROOT / container.command[3]).is_file()
     limits = {key: str(value) for key, value in container.resources.limits.items()}  # native templating: 8 or "8"
     assert limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
-    assert [m.mount_path for m in container.volume_mounts] == [str(tmp_path / "store")]
+    assert [m.mount_path for m in container.volume_mounts] == [str(tmp_path / "store"), "/dev/shm"]
     assert pod.spec.volumes[0].persistent_volume_claim.claim_name == "sera-store"
+    assert pod.spec.volumes[1].empty_dir.medium == "Memory"  # NCCL's shared memory between the 2 processes
     assert pod.spec.node_selector == {"pool": "gpu"}
     assert {e.name for e in container.env} == {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"}

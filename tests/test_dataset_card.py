@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from sera_ops.cli import main
-from sera_ops.dataset_card import CARD, PLOTS, prompt_versions, published_files, record_tokens, write_dataset_card
+from sera_ops.dataset_card import prompt_versions, published_files, record_tokens, write_dataset_card
 from sera_ops.postprocess import BASH_TOOL_JSON
-from sera_ops.store import RunStore, atomic_write_jsonl
+from sera_ops.store import CARD, PLOTS, RunStore, atomic_write_jsonl
 
 COMMITS = ["a" * 40, "b" * 40, "c" * 40]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,11 +30,11 @@ def dataset(tmp_path):
                "t2": [record("ledger_aaaaaaa_2", 2)]}
     for split, rows in records.items():
         atomic_write_jsonl(store.dataset_dir / f"{split}.jsonl", rows)
-    store.write_json(store.path("commits.json"), {"source": "/src/ledger", "commits": COMMITS})
-    store.write_json(store.path("instances.json"), [{"instance_id": f"ledger_{c[:7]}_{n}", "commit": c}
+    store.write_json(store.commits, {"source": "/src/ledger", "commits": COMMITS})
+    store.write_json(store.instances, [{"instance_id": f"ledger_{c[:7]}_{n}", "commit": c}
                                                     for c in COMMITS[:2] for n in (1, 2)])
     synth = {"model_server": "vllm-judge", "demo_issues": "/cfg/ledger-issues.json"}
-    store.write_json(store.path("manifest.json"), {"model_server": "vllm-glm", "model": "zai-org/GLM-4.6",
+    store.write_json(store.manifest, {"model_server": "vllm-glm", "model": "zai-org/GLM-4.6",
                                                    "repo_config": {"synth": synth}})
     stats = {"repo": "ledger", "run_id": "manual__1", "model_server": "vllm-glm", "threshold": 0.5,
              "format": "hermes", "commits": {"selected": 3, "ready": 2, "failed": [COMMITS[2]]}, "functions": 41,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from sera_ops.config import load_platform
+from sera_ops.samples import build_sample_repo
 from sera_ops.store import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.local_github import LocalGitHub
-from sera_ops.testing.sample_repo import build_sample_repo
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT, docker_engine_reachable
 
@@ -83,7 +83,7 @@ def test_counts_match_stats(run):
 
 def test_publish_points_latest_at_this_run(run):
     store = run["store"]
-    latest = json.loads(store.latest_dataset.read_text())
+    latest = json.loads(store.repo_store.latest_dataset.read_text())
     assert latest["run_id"] == run["dag_run"].run_id and latest["dataset_dir"] == str(store.dataset_dir)
     assert latest["records"] == run["stats"]["records"]
 
@@ -91,14 +91,14 @@ def test_publish_points_latest_at_this_run(run):
 def test_every_t2_instance_meets_the_threshold(run):
     store, threshold = run["store"], run["stats"]["threshold"]
     for record in jsonl(store.dataset_dir / "t2.jsonl"):
-        verdict = json.loads(store.instance_file(record["instance_id"], "verdict.json").read_text())
+        verdict = json.loads(store.instance(record["instance_id"]).verdict.read_text())
         assert verdict["recall"] >= threshold and verdict["resolved"]
 
 
 def test_synthetic_prs_leave_the_agent_to_find_the_file(run):
     store = run["store"]
-    prs = {i["instance_id"]: (i["start_fn_file"], store.read_json(store.instance_file(i["instance_id"], "synth.json")))
-           for i in store.read_json(store.path("instances.json"))}
+    prs = {i["instance_id"]: (i["start_fn_file"], store.read_json(store.instance(i["instance_id"]).synth))
+           for i in store.read_json(store.instances)}
     written = {iid: (path, synth["synth_pr"]) for iid, (path, synth) in prs.items() if synth and synth["synth_pr"]}
     assert written
     assert not [iid for iid, (path, pr) in written.items() if path in pr]
@@ -131,7 +131,7 @@ def test_repository_is_mirrored_privately_with_the_selected_commits(run):
                           text=True, check=True).stdout.split()
     assert "refs/heads/main" in refs
     assert {f"refs/sera/commits/{run['history'][0]}", f"refs/sera/commits/{run['history'][-1]}"} <= set(refs)
-    mirrored = json.loads(run["store"].path("mirror.json").read_text())
+    mirrored = json.loads(run["store"].mirror.read_text())
     assert mirrored["full_name"] == f"{ORG}/tinyledger" and mirrored["private"]
 
 
@@ -142,7 +142,7 @@ def test_images_are_pushed_to_the_registry(run):
     with urllib.request.urlopen(f"http://{registry}/v2/sera/tinyledger/tags/list", timeout=10) as response:
         tags = json.load(response)["tags"]
     assert {run["history"][0][:12], run["history"][-1][:12]} <= set(tags)
-    image = json.loads(run["store"].path("images", f"{run['history'][0]}.json").read_text())
+    image = json.loads(run["store"].image(run['history'][0]).read_text())
     assert image["kind"] == "docker" and image["digest"].startswith("sha256:")
 
 
@@ -171,5 +171,5 @@ def test_an_incremental_rerun_with_nothing_new_succeeds_and_publishes_nothing(ru
     stats = json.loads(RunStore(run["platform"].storage_root, "tinyledger", rerun.run_id).dataset_dir
                        .joinpath("stats.json").read_text())
     assert stats["instances"] == 0 and stats["commits"]["selected"] == 0
-    latest = json.loads(run["store"].latest_dataset.read_text())
+    latest = json.loads(run["store"].repo_store.latest_dataset.read_text())
     assert latest["run_id"] == run["dag_run"].run_id  # the empty run did not replace the published dataset

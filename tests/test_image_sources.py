@@ -12,8 +12,8 @@ import yaml
 from sera_ops import image_sources, pipeline
 from sera_ops.config import ConfigError, MirrorSettings, load_platform, load_repo
 from sera_ops.pipeline import RunContext, RunParams
+from sera_ops.samples import build_sample_repo
 from sera_ops.testing.dry_run import dry_run_platform
-from sera_ops.testing.sample_repo import build_sample_repo
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT, docker_engine_reachable
 
@@ -84,7 +84,7 @@ def test_selection_and_mirroring_need_no_repository(tmp_path, platform):
     ctx = RunContext.create(mirrored, spec, "run-1", RunParams(commits=["django__django-11133"]))
     (key,) = pipeline.select_commits(ctx)
     assert key.endswith("-django__django-11133") and pipeline.mirror(ctx, [key]) is None
-    assert not ctx.store.sources_dir.exists()
+    assert not ctx.store.repo_store.sources_dir.exists()
 
 
 @pytest.mark.parametrize(("data", "field", "problem"), [
@@ -162,9 +162,9 @@ def test_a_run_on_a_pulled_swebench_image_builds_nothing(tmp_path, swebench_imag
         ctx = RunContext.create(platform, spec, "run-1", RunParams(max_functions=4))
         stats = pipeline.run_all(ctx)
 
-    (key,) = json.loads(ctx.store.path("commits.json").read_text())["commits"]
+    (key,) = json.loads(ctx.store.commits.read_text())["commits"]
     assert key.endswith(INSTANCE_ID)
-    ref = json.loads(ctx.store.path("images", f"{key}.json").read_text())
+    ref = json.loads(ctx.store.image(key).read_text())
     assert (ref["kind"], ref["image"], ref["workdir"], ref["origin"]) == ("docker", name, "/testbed", "existing")
     assert ref["digest"].startswith("sha256:")
     pulled = client.images.get(name)  # the pipeline pulled it
@@ -172,7 +172,7 @@ def test_a_run_on_a_pulled_swebench_image_builds_nothing(tmp_path, swebench_imag
     assert not [tag for image in client.images.list() for tag in image.tags if tag.startswith(own)]
     assert not pulled.labels.get("sera.build")
 
-    snapshot = ctx.store.snapshot_dir(key)
+    snapshot = ctx.store.repo_store.snapshot_dir(key)
     inside = client.containers.run(name, ["sh", "-c", "cd /testbed && find . -type f -exec sha256sum {} +"],
                                    network_mode="none", remove=True).decode()
     image_files = {path: digest for digest, path in (line.split(None, 1) for line in inside.splitlines())}
@@ -187,7 +187,7 @@ def test_a_run_on_a_pulled_swebench_image_builds_nothing(tmp_path, swebench_imag
     assert list(ctx.store.run_dir.rglob("rollout2.traj.json"))
     assert stats["records"]["t1"] > 0
     assert len((ctx.store.dataset_dir / "t1.jsonl").read_text().splitlines()) == stats["records"]["t1"]
-    assert ctx.store.inventory_path(key).exists()
+    assert ctx.store.repo_store.inventory_path(key).exists()
 
 
 @pytest.mark.docker
@@ -201,4 +201,4 @@ def test_an_image_that_cannot_be_pulled_is_named_in_the_error(tmp_path, swebench
     with pytest.raises(image_sources.ImageSourceError, match="sweb.eval.x86_64.tinyledger_1776_tinyledger-404:latest "
                                                               "is not in the Docker engine and pulling it failed"):
         pipeline.build_image(ctx, key)
-    assert not ctx.store.path("images", f"{key}.json").exists()
+    assert not ctx.store.image(key).exists()

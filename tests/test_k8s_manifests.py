@@ -6,6 +6,7 @@ model servers are the teacher Services, its store is the RWX claim every pod and
 
 import importlib
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +16,8 @@ import yaml
 from kubernetes.client import ApiClient
 
 from sera_ops.config import PlatformConfig, load_platform, load_repos
+from sera_ops.train_jobs import launcher_command
+from sera_ops.train_settings import TrainSettings
 from tests.conftest import ROOT
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -22,6 +25,9 @@ VALUES = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
 MANIFESTS = [(path.name, doc) for path in sorted(K8S_DIR.glob("*.yaml"))
              for doc in yaml.safe_load_all(path.read_text()) if doc]
 PLACEHOLDER = re.compile(r"\$\{[A-Z][A-Z0-9_]*\}")
+OPERATOR_KINDS = {"PyTorchJob"}
+"""Kinds of cluster add-ons (the Kubeflow training operator) that the kubernetes client has no model for: their pod
+templates are converted instead (`pod_specs`, test_multinode_training_job_*)."""
 GPU = "nvidia.com/gpu"
 CHART_RESERVED_VOLUMES = {"config", "logs", "dags"}
 """Volume names the chart gives its own volumes in Airflow pods: another volume of that name clashes."""
@@ -106,8 +112,12 @@ def of_kind(kind: str) -> dict[str, dict]:
 
 
 def pod_specs() -> dict[str, dict]:
-    return {f"{doc['kind']}/{doc['metadata']['name']}": doc["spec"]["template"]["spec"] for _, doc in MANIFESTS
-            if doc["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job")}
+    specs = {f"{doc['kind']}/{doc['metadata']['name']}": doc["spec"]["template"]["spec"] for _, doc in MANIFESTS
+             if doc["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job")}
+    for name, job in of_kind("PyTorchJob").items():
+        specs |= {f"PyTorchJob/{name}/{replica}": spec["template"]["spec"]
+                  for replica, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+    return specs
 
 
 def containers(pod: dict) -> list[dict]:
@@ -159,6 +169,9 @@ def platform(tmp_path_factory) -> PlatformConfig:
 @pytest.mark.parametrize("name,doc", MANIFESTS, ids=[f"{name}:{doc['kind']}/{doc['metadata']['name']}"
                                                       for name, doc in MANIFESTS])
 def test_manifest_converts_to_kubernetes_models(name, doc):
+    if doc["kind"] in OPERATOR_KINDS:
+        assert valid(doc["metadata"], "V1ObjectMeta", f"{name}:metadata") == []
+        return
     assert hasattr(k8s_models, model_name(doc)), f"{name}: no model for {doc['apiVersion']} {doc['kind']}"
     assert valid(doc, model_name(doc), f"{name}:{doc['kind']}") == []
 
@@ -270,13 +283,20 @@ def test_store_is_one_rwx_claim_shared_by_airflow_and_training(platform):
     assert [mount["mountPath"] for mount in VALUES["volumeMounts"] if mount["name"] in store] \
         == [str(platform.storage_root)]
     specs, _ = load_repos(platform)
-    task = training_pod(platform, specs[0], arguments=["--job", f"{platform.storage_root}/job.json"])
+    spec = specs[0].model_copy(update={"training": TrainSettings()})  # the example repository leaves it commented
+    task = training_pod(platform, spec, arguments=["--job", f"{platform.storage_root}/job.json"])
     pod = ApiClient().sanitize_for_serialization(task.build_pod_request_obj(dry_run=True))
     assert valid(pod, "V1Pod", "training pod") == []
-    assert [volume["persistentVolumeClaim"]["claimName"] for volume in pod["spec"]["volumes"]] == [claim]
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert [volume["persistentVolumeClaim"]["claimName"] for volume in volumes.values()
+            if "persistentVolumeClaim" in volume] == [claim]
     (container,) = pod["spec"]["containers"]
-    assert [mount["mountPath"] for mount in container["volumeMounts"]] == [str(platform.storage_root)]
-    assert container["resources"]["limits"][GPU] == str(platform.training.kubernetes.gpus)
+    mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+    assert mounts[str(platform.storage_root)]["persistentVolumeClaim"]["claimName"] == claim
+    assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"  # several GPUs: NCCL needs more than 64 MiB
+    gpus = platform.training.kubernetes.gpus
+    assert container["resources"]["limits"][GPU] == str(gpus)
+    assert f"--num_processes={gpus}" in container["command"]  # one training process per GPU
     assert pod["metadata"]["namespace"] == of_kind("Namespace").popitem()[0]
 
 
@@ -369,3 +389,50 @@ def test_one_registry_for_airflow_training_and_commit_images(platform):
     hosts = {VALUES["images"]["airflow"]["repository"].split("/")[0],
              platform.training.kubernetes.image.split("/")[0], platform.registry.url}
     assert hosts == set(auths["auths"])
+
+
+def test_multinode_training_job_runs_the_launcher_on_every_gpu_of_every_node(platform, tmp_path):
+    """The PyTorchJob (no client model): its fields by hand, its pods as V1PodTemplateSpec, and its launcher script
+    run by bash with the operator's variables against a stand-in `accelerate` that prints its arguments."""
+    (job,) = of_kind("PyTorchJob").values()
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    assert set(job["spec"]) == {"nprocPerNode", "runPolicy", "pytorchReplicaSpecs"}
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1
+    (claim,) = [name for name, doc in of_kind("PersistentVolumeClaim").items()
+                if doc["spec"]["accessModes"] == ["ReadWriteMany"]]
+    gpus = job["spec"]["nprocPerNode"]
+    for replica, spec in replicas.items():
+        assert set(spec) == {"replicas", "restartPolicy", "template"} and spec["restartPolicy"] == "OnFailure"
+        assert valid(spec["template"], "V1PodTemplateSpec", f"PyTorchJob {replica}") == []
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["name"] == "pytorch" and container["image"] == platform.training.kubernetes.image
+        assert container["resources"]["limits"][GPU] == container["resources"]["requests"][GPU] == gpus
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+        assert mounts[str(platform.storage_root)]["persistentVolumeClaim"]["claimName"] == claim
+        assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+        assert {"name": "pytorchjob-port", "containerPort": 23456} in container["ports"]
+
+    (container,) = replicas["Worker"]["template"]["spec"]["containers"]
+    assert container["command"] == ["bash", "-c"]
+    (tmp_path / "accelerate").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "accelerate").chmod(0o755)
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and set(env) >= {"SERA_DATA", "SERA_OUT", "SERA_SETTINGS"}
+    operator = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": gpus, "MASTER_ADDR": "master-0",
+                "MASTER_PORT": "23456"}
+    done = subprocess.run(["bash", "-c", container["args"][0]], capture_output=True, text=True, check=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", **operator, "SERA_DATA": "/srv/sera/r/d",
+                               "SERA_OUT": "/srv/sera/r/m", "SERA_SETTINGS": "/srv/sera/r/s.json"})
+    argv = done.stdout.splitlines()
+    options = argv[1:argv.index("-m")]  # every launcher option is a flag and its value
+    flags = dict(zip(options[::2], options[1::2], strict=True))
+    assert argv[0] == "launch" and (ROOT / flags["--config_file"]).is_file()
+    assert flags["--config_file"] == launcher_command(1, "fsdp")[3]  # the config the single pod's FSDP uses
+    assert (flags["--num_machines"], flags["--machine_rank"]) == ("2", "1")
+    assert flags["--num_processes"] == str(2 * int(gpus))
+    assert (flags["--main_process_ip"], flags["--main_process_port"]) == ("master-0", "23456")
+    assert argv[argv.index("-m") + 1:] == ["sera_ops.train", "--data", "/srv/sera/r/d", "--out", "/srv/sera/r/m",
+                                            "--settings", "/srv/sera/r/s.json"]

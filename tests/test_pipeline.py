@@ -91,7 +91,7 @@ def test_judge_rejections_retry_with_new_templates_and_are_left_out(tmp_path):
         stats = pipeline.run_all(ctx)
     assert stats["judged_good"] == 0 and stats["rollout_one_attempts"] == 4 * 3
     assert stats["records"] == {"t1": 0, "t2": 0}
-    assert pipeline.publish(ctx) is None and not ctx.store.latest_dataset.exists()
+    assert pipeline.publish(ctx) is None and not ctx.store.repo_store.latest_dataset.exists()
     one = json.loads(next(ctx.store.run_dir.rglob("rollout1.json")).read_text())
     templates = [a["rollout"]["template_index"] for a in one["attempts"]]
     assert len(templates) == 3 and all(a["judgement"]["answer"] == "no" for a in one["attempts"])
@@ -147,10 +147,10 @@ def test_one_failing_instance_does_not_take_the_batch_down(tmp_path, monkeypatch
     with ScriptedTeacher(ScriptedTeacherConfig(api_key=key)) as teacher:
         ctx = make_context(tmp_path, teacher.url)
         (batch,) = prepare(ctx)
-        doomed.append(json.loads(ctx.store.path("instances.json").read_text())[1]["instance_id"])
+        doomed.append(json.loads(ctx.store.instances.read_text())[1]["instance_id"])
         summary = pipeline.rollout_one(ctx, batch)
         assert (summary["ran"], summary["failed"]) == (4, 1)
-        error = json.loads(ctx.store.instance_file(doomed[0], "rollout1.error.json").read_text())
+        error = json.loads(ctx.store.instance(doomed[0]).error("rollout1").read_text())
         assert error["error"] == "RuntimeError: sandbox exploded while using [REDACTED]"
         for stage in (pipeline.synthesize, pipeline.rollout_two, pipeline.verify_batch):
             stage(ctx, batch)
@@ -194,14 +194,14 @@ def test_incremental_runs_skip_what_earlier_runs_covered(tmp_path):
         second.params = RunParams(max_functions=4, incremental=True)
         stats = pipeline.run_all(second)
         assert stats["commits"]["ready"] == 2 and stats["instances"] == 4
-        fingerprints = [json.loads(c.store.path("fingerprints.json").read_text()) for c in (first, second)]
+        fingerprints = [json.loads(c.store.fingerprints.read_text()) for c in (first, second)]
         assert not set(fingerprints[0].values()) & set(fingerprints[1].values())
 
         third = make_context(tmp_path, teacher.url, "nightly-3")
         third.params = RunParams(max_functions=4, incremental=True)
         stats = pipeline.run_all(third)  # both commits were assembled by the second run
         assert stats["commits"]["selected"] == 0 and stats["instances"] == 0
-        assert json.loads(third.store.path("commits.json").read_text())["skipped_as_seen"]
+        assert json.loads(third.store.commits.read_text())["skipped_as_seen"]
 
         again = make_context(tmp_path, teacher.url, "manual-4")  # not incremental: everything is fair game
         assert pipeline.run_all(again)["instances"] == 4
@@ -212,19 +212,19 @@ def test_identical_rollout_one_patches_are_collapsed_before_any_writer_call(tmp_
         ctx = make_context(tmp_path, teacher.url)
         (batch,) = prepare(ctx)
         pipeline.rollout_one(ctx, batch)
-        owner, copy, *_ = sorted(i["instance_id"] for i in ctx.store.read_json(ctx.store.path("instances.json")))
+        owner, copy, *_ = sorted(i["instance_id"] for i in ctx.store.read_json(ctx.store.instances))
         # Two episodes that made the same edit: the copy's patch differs only in context lines and whitespace.
-        first = ctx.store.read_json(ctx.store.instance_file(owner, "rollout1.json"))
-        second = ctx.store.read_json(ctx.store.instance_file(copy, "rollout1.json"))
+        first = ctx.store.read_json(ctx.store.instance(owner).rollout_one)
+        second = ctx.store.read_json(ctx.store.instance(copy).rollout_one)
         assert first["is_good_patch"] and second["is_good_patch"]
         patch = first["final"]["patch"]
         second["final"]["patch"] = patch.replace("\n ", "\n  ", 1).replace("@@ -", "@@ -1", 1) + "\n"
-        ctx.store.write_json(ctx.store.instance_file(copy, "rollout1.json"), second)
+        ctx.store.write_json(ctx.store.instance(copy).rollout_one, second)
         writer_calls = teacher.stats["writer"]
         summary = pipeline.synthesize(ctx, batch)
         assert summary["ran"] == 3 and teacher.stats["writer"] - writer_calls == 3
-        assert ctx.store.read_json(ctx.store.instance_file(copy, "duplicate.json"))["duplicate_of"] == owner
-        assert not ctx.store.instance_file(copy, "synth.json").exists()
+        assert ctx.store.read_json(ctx.store.instance(copy).duplicate)["duplicate_of"] == owner
+        assert not ctx.store.instance(copy).synth.exists()
         assert pipeline.synthesize(ctx, batch)["ran"] == 0  # a retry keeps the same owner and redoes nothing
         pipeline.rollout_two(ctx, batch)
         pipeline.verify_batch(ctx, batch)

@@ -71,7 +71,7 @@ def flask(tmp_path_factory):
         platform = load_platform(platform_file)
         ctx = RunContext.create(platform, load_repo(repo_file, platform), "flask-run", RunParams(commits=commits))
         stats = pipeline.run_all(ctx)
-        refs = [images.ImageRef.from_dict(ctx.store.read_json(ctx.store.path("images", f"{c}.json")))
+        refs = [images.ImageRef.from_dict(ctx.store.read_json(ctx.store.image(c)))
                 for c in commits]
         yield {"ctx": ctx, "stats": stats, "commits": commits, "refs": refs, "work": work,
                "wheelhouse": list(wheelhouse.served)}
@@ -193,10 +193,10 @@ def test_a_failing_smoke_check_fails_only_that_commit_naming_the_module(tmp_path
                                                          "module named 'yaml_not_in_the_wheelhouse'") as failure:
             pipeline.build_image(ctx, bad)
         assert failure.value.permanent
-        assert not ctx.store.path("images", f"{bad}.json").exists()
+        assert not ctx.store.image(bad).exists()
         tag = images.image_name(platform.registry, "brokenimport", bad)
         assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0
         stats = pipeline.run_all(ctx)
     assert stats["commits"] == {"selected": 2, "ready": 1, "failed": [bad]}
-    instances = ctx.store.read_json(ctx.store.path("instances.json"))
+    instances = ctx.store.read_json(ctx.store.instances)
     assert instances and {item["commit"] for item in instances} == {good}

@@ -88,7 +88,7 @@ def test_a_run_without_a_usable_commit_fails_at_sampling_naming_each_commit(plat
     assert "no usable commit" in log  # sample's error lists every commit with its first line of reason
     assert re.search(rf"commit [0-9a-f]{{12}}: build_image: ImageBuildError: repo {REPO}: {SMOKE_FAILURE}", log)
     assert "commit 0000000bad: build_image: SourceError: commit '0000000bad' not found" in log
-    recorded = json.loads(store_of(platform, dag_run).path("images", "0000000bad.error.json").read_text())
+    recorded = json.loads(store_of(platform, dag_run).image_error("0000000bad").read_text())
     assert recorded["stage"] == "build_image" and "not found" in recorded["error"]
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sera_ops.testing import sample_repo
-from sera_ops.testing.sample_repo import SAMPLE_REPOS, build_sample_repo, sample_commits
+from sera_ops import samples
+from sera_ops.samples import SAMPLE_REPOS, build_sample_repo, sample_commits
 
-SAMPLE_DATA = Path(sample_repo.__file__).with_name("sample_repos")
+SAMPLE_DATA = Path(samples.__file__).with_name("sample_repos")
 
 
 def git(repo: Path, *args: str) -> str:

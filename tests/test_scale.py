@@ -31,15 +31,15 @@ def test_every_instance_of_a_large_run_ends_in_exactly_one_place(tmp_path):
         ctx = RunContext.create(platform, spec, "scale", RunParams())
         stats = pipeline.run_all(ctx)
 
-    sampled = [record["instance_id"] for record in ctx.store.read_json(ctx.store.path("instances.json"))]
+    sampled = [record["instance_id"] for record in ctx.store.read_json(ctx.store.instances)]
     assert len(sampled) == len(set(sampled)) >= INSTANCES
-    batches = ctx.store.read_json(ctx.store.path("batches.json"))
+    batches = ctx.store.read_json(ctx.store.batches)
     planned = sorted(i for batch in batches.values() for i in batch["instances"])
     assert len(batches) <= 4 and planned == sorted(sampled)
     endings = Counter()
     for instance_id in sampled:
-        files = {path.name for path in ctx.store.instance_dir(instance_id).iterdir()}
-        one = ctx.store.read_json(ctx.store.instance_file(instance_id, "rollout1.json"))
+        files = {path.name for path in ctx.store.instance(instance_id).dir.iterdir()}
+        one = ctx.store.read_json(ctx.store.instance(instance_id).rollout_one)
         if "rollout1.error.json" in files:
             ending = "rollout one failed"
         elif not one["is_good_patch"]:
@@ -47,7 +47,7 @@ def test_every_instance_of_a_large_run_ends_in_exactly_one_place(tmp_path):
         elif "duplicate.json" in files:
             ending = "duplicate patch"
         elif "verdict.json" in files:
-            ending = "verified" if json.loads((ctx.store.instance_dir(instance_id) / "verdict.json").read_text())[
+            ending = "verified" if json.loads((ctx.store.instance(instance_id).dir / "verdict.json").read_text())[
                 "resolved"] else "not verified"
         else:
             ending = "failed after rollout one"

@@ -53,13 +53,13 @@ def outcomes(ctx: RunContext) -> set[str]:
     """How the sampled instances ended: a verdict, a duplicate patch, a patch the judge turned down, an error record
     (its file name), or 'lost' (none of these)."""
     ends = set()
-    for record in ctx.store.read_json(ctx.store.path("instances.json")):
+    for record in ctx.store.read_json(ctx.store.instances):
         instance_id = record["instance_id"]
-        errors = sorted(path.name for path in ctx.store.instance_dir(instance_id).glob("*.error.json"))
-        rollout_one = ctx.store.read_json(ctx.store.instance_file(instance_id, "rollout1.json")) or {}
+        errors = sorted(path.name for path in ctx.store.instance(instance_id).dir.glob("*.error.json"))
+        rollout_one = ctx.store.read_json(ctx.store.instance(instance_id).rollout_one) or {}
         ends.add(next((end for end, done in (
-            ("verdict", ctx.store.instance_file(instance_id, "verdict.json").exists()),
-            ("duplicate", ctx.store.instance_file(instance_id, "duplicate.json").exists()),
+            ("verdict", ctx.store.instance(instance_id).verdict.exists()),
+            ("duplicate", ctx.store.instance(instance_id).duplicate.exists()),
             ("judged bad", rollout_one.get("is_good_patch") is False), *((name, True) for name in errors))
             if done), "lost"))
     return ends
@@ -69,7 +69,7 @@ def test_batches_spread_by_capacity_and_a_commit_stays_on_one_server(tmp_path):
     with ScriptedTeacher() as first, ScriptedTeacher() as second:
         ctx = two_server_context(tmp_path, first.url, second.url)
         stats = pipeline.run_all(ctx)
-        plan = ctx.store.read_json(ctx.store.path("batches.json"))
+        plan = ctx.store.read_json(ctx.store.batches)
         per_server = defaultdict(list)
         for batch in plan.values():
             per_server[batch["server"]] += batch["instances"]
@@ -81,7 +81,7 @@ def test_batches_spread_by_capacity_and_a_commit_stays_on_one_server(tmp_path):
                 servers_of_commit[instance_id.split("_")[1]].add(name)
         assert sum(len(names) > 1 for names in servers_of_commit.values()) <= len(SERVERS) - 1
         assert outcomes(ctx) <= {"verdict", "duplicate", "judged bad"} and stats["instances"] == 12
-        assert not ctx.store.path("moves").exists()
+        assert not ctx.store.move("any").parent.exists()
 
 
 def test_killing_a_server_mid_run_moves_its_batches_and_loses_nothing(tmp_path, caplog):
@@ -99,7 +99,7 @@ def test_killing_a_server_mid_run_moves_its_batches_and_loses_nothing(tmp_path, 
         stats = pipeline.assemble(ctx)
     assert served_by_second > 0
     assert outcomes(ctx) <= {"verdict", "duplicate", "judged bad"} and stats["instances"] == 12
-    move = ctx.store.read_json(ctx.store.path("moves", f"{on_second[1]}.json"))
+    move = ctx.store.read_json(ctx.store.move(on_second[1]))
     assert (move["assigned"], move["server"]) == ("second", "scripted") and "cannot be reached" in move["reason"]
     assert f"model server 'second' at {second_url} cannot be reached" in caplog.text
     assert f"{on_second[1]}: moved from model server 'second' at {second_url}" in caplog.text
@@ -163,14 +163,14 @@ def test_the_dag_runs_one_batch_group_per_server_and_moves_a_dead_servers_batche
     tis = {(ti.task_id, ti.map_index): ti for ti in dag_run.get_task_instances()}
     assert str(dag_run.state) == "success", {key: str(ti.state) for key, ti in tis.items()}
     store = RunStore(load_platform(platform_file).storage_root, REPO, dag_run.run_id)
-    plan = json.loads(store.path("batches.json").read_text())
+    plan = json.loads(store.batches.read_text())
     for server in SERVERS:
         mine = sorted(key[1] for key in tis if key[0] == f"per_batch_{server}.rollouts")
         assigned = [batch for batch in plan.values() if batch["server"] == server]
         assert mine == list(range(len(assigned))) and assigned, server
         assert all(str(tis[(f"per_batch_{server}.rollouts", index)].state) == "success" for index in mine)
         assert str(tis[(f"batches_{server}", -1)].state) == "success"
-    moved = sorted(path.stem for path in store.path("moves").glob("*.json"))
+    moved = sorted(path.stem for path in store.move("any").parent.glob("*.json"))
     assert moved == sorted(batch_id for batch_id, batch in plan.items() if batch["server"] == "second")
     logged = log.out + log.err + caplog.text  # where task logs go depends on how earlier tests left the logging
     assert f"model server 'second' at {DEAD_URL} cannot be reached" in logged

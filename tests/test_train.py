@@ -1,9 +1,12 @@
-"""Training stage: ChatML masking, truncation, tiny model, LoRA/full runs, packing, atomic output, CLI."""
+"""Training stage: ChatML masking, truncation, tiny model, TRL batches (assistant-only labels, padding-free packing),
+LoRA/full runs, 2-process accelerate, resume after a kill, atomic output, CLI."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,13 +18,16 @@ from sera_ops.train import (
     TRAIN_MODULE,
     TrainInputError,
     TrainSettings,
+    _prepare_checkpoint_dir,
     build_tiny_model,
+    build_trainer,
+    checkpoint_dir_for,
     encode_example,
+    last_checkpoint,
     main,
-    make_batch,
-    pack_examples,
     run_sft,
 )
+from sera_ops.train_jobs import launcher_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a software engineering agent. Call tools inside <tool_call></tool_call> tags."
@@ -160,23 +166,86 @@ def test_tiny_model_is_deterministic_and_reloads_offline(tmp_path, tiny_model):
     assert loaded["logits"] == loaded["expected"]
 
 
+def _first_batch(tiny_model: Path, tmp_path: Path, examples: list[dict], **fields) -> tuple[dict, object]:
+    """The first micro-batch the SFTTrainer feeds the model (TRL's dataset preparation and collator), and the model."""
+    settings = TrainSettings(method="full", base_model=str(tiny_model), **fields)
+    trainer, _ = build_trainer(tiny_model, examples, settings, 4096, tmp_path / "checkpoints")
+    return next(iter(trainer.get_train_dataloader())), trainer.model
+
+
+def _segments(position_ids: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each packed sequence: positions restart at 0 for every example."""
+    starts = [index for index, position in enumerate(position_ids) if position == 0]
+    return list(zip(starts, starts[1:] + [len(position_ids)], strict=True))
+
+
+def test_trainer_batches_carry_loss_only_on_trained_messages(tiny_model, tokenizer, tmp_path):
+    messages = _conversation(6, turns=3)["messages"]
+    messages[4] = {**messages[4], "train": False}  # an assistant turn the record excludes
+    short = _conversation(7, turns=1)["messages"]
+    examples = [encode_example(tokenizer, m, 4096) for m in (messages, short)]
+    batch, _ = _first_batch(tiny_model, tmp_path, examples, packing=False, micro_batch_size=2)
+
+    assert set(batch) >= {"input_ids", "labels", "attention_mask"} and batch["input_ids"].shape[0] == 2
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                 batch["attention_mask"].tolist(), strict=True):
+        length = sum(mask)
+        assert labels[length:] == [IGNORE_INDEX] * (len(ids) - length)  # padding carries no loss
+        conversation = messages if ids[:length] == examples[0]["input_ids"] else short
+        assert ids[:length] == encode_example(tokenizer, conversation, 4096)["input_ids"]
+        # labelled tokens are exactly the trained messages' bodies and <|im_end|>; every other token is -100
+        spans = _labelled_spans({"input_ids": ids[:length], "labels": labels[:length]})
+        assert [tokenizer.decode(span) for span in spans] == [m["content"] + IM_END for m in conversation
+                                                              if m["train"]]
+
+
+def test_padding_free_packing_isolates_examples(tiny_model, tokenizer, tmp_path):
+    import torch
+
+    examples = [encode_example(tokenizer, _conversation(index, turns=1 + index % 3)["messages"], 4096)
+                for index in range(3)]
+    batch, model = _first_batch(tiny_model, tmp_path, examples, packing=True)
+
+    ids, positions, labels = (batch[key][0].tolist() for key in ("input_ids", "position_ids", "labels"))
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, nothing padded
+    assert tokenizer.pad_token_id not in ids
+    segments = _segments(positions)
+    assert sorted(end - start for start, end in segments) == sorted(len(e["input_ids"]) for e in examples)
+    for start, end in segments:
+        assert positions[start:end] == list(range(end - start))
+        example = next(e for e in examples if e["input_ids"] == ids[start:end])
+        assert labels[start:end] == example["labels"]  # the first label is -100 already: a header token
+
+    model.eval()
+    with torch.no_grad():
+        packed = model(**{key: value for key, value in batch.items() if key != "labels"}).logits[0]
+        for start, end in segments:  # attention does not cross examples: each one alone gives the same logits
+            alone = model(input_ids=batch["input_ids"][:, start:end]).logits[0]
+            assert torch.allclose(packed[start:end], alone, atol=1e-4)
+
+
 def test_lora_run_lowers_the_loss_and_publishes_an_adapter(tmp_path):
     data = _write(tmp_path / "data" / "t1.jsonl", [_conversation(0)] * 4 + [_no_assistant(1)])
     settings = TrainSettings(epochs=100, max_steps=20, grad_accum=1, lora_learning_rate=3e-3, lora_r=8,
-                             lora_alpha=16)
+                             lora_alpha=16, max_seq_len=128)
     out = tmp_path / "out"
     result = run_sft([data], out, settings)
 
-    assert (result.examples, result.dropped, result.steps) == (4, 1, 20)
+    assert (result.examples, result.dropped, result.steps, result.world_size) == (4, 1, 20, 1)
+    assert result.resumed_from is None
     assert result.last_loss < result.first_loss - 0.5
     assert 0 < result.trainable_params < result.total_params
     assert result.base_model == str(out / "base_model")
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(out / "base_model") and adapter["r"] == 8
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["losses"]) == 20 and metrics["losses"][-1] == result.last_loss
-    assert metrics["learning_rates"][0] < metrics["learning_rates"][2] > metrics["learning_rates"][-1]
+    assert [point["step"] for point in metrics["loss_curve"]] == list(range(1, 21))
+    assert metrics["losses"][-1] == result.last_loss and len(metrics["step_seconds"]) == 20
+    assert metrics["learning_rates"][0] < metrics["learning_rates"][2] > metrics["learning_rates"][-1]  # warm-up
+    assert result.tokens_trained == sum(metrics["step_tokens"]) > 20 * result.supervised_tokens_per_epoch / 4
+    assert result.tokens_per_s > 0 and metrics["packing"] and metrics["device"] == "cpu"
     assert TrainSettings.model_validate_json((out / "train_settings.json").read_text()) == settings
+    assert not checkpoint_dir_for(out).exists()  # finished: nothing left to resume
 
     from peft import AutoPeftModelForCausalLM
 
@@ -184,47 +253,106 @@ def test_lora_run_lowers_the_loss_and_publishes_an_adapter(tmp_path):
     assert sum(p.numel() for p in reloaded.parameters()) == result.total_params
 
 
-def test_full_run_with_packing_trains_every_weight(tmp_path, tiny_model):
+def test_full_run_trains_every_weight(tmp_path, tiny_model):
     import torch
     from safetensors.torch import load_file
 
     data = _write(tmp_path / "t1.jsonl", [_conversation(index) for index in range(6)])
     settings = TrainSettings(method="full", base_model=str(tiny_model), max_steps=2, grad_accum=2,
-                             micro_batch_size=2, packing=True, max_seq_len=10**6, learning_rate=1e-3,
+                             micro_batch_size=2, packing=False, max_seq_len=10**6, learning_rate=1e-3,
                              gradient_checkpointing=True)
     result = run_sft([data], tmp_path / "out", settings)
 
     assert result.trainable_params == result.total_params and result.steps == 2
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["max_seq_len"] == 32768  # clamped to the model's max_position_embeddings
-    assert metrics["micro_batches_per_epoch"] == 1  # six short examples pack into one row
-    assert result.tokens_trained == sum(metrics["step_tokens"]) > result.supervised_tokens > 0
+    assert metrics["rows_per_epoch"] == 6 and not metrics["packing"]
     before = load_file(tiny_model / "model.safetensors")
     after = load_file(tmp_path / "out" / "model.safetensors")
     assert before.keys() == after.keys()
     assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
 
 
-def test_packed_examples_do_not_attend_to_each_other(tiny_model, tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM
+@pytest.mark.slow
+@pytest.mark.parametrize(("distributed", "method", "weights"), [("ddp", "lora", "adapter_model.safetensors"),
+                                                               ("fsdp", "full", "model.safetensors")])
+def test_two_process_accelerate_run_lowers_the_loss(tmp_path, distributed, method, weights):
+    """The pod's launcher with 2 processes, over gloo on this CPU machine: DDP for LoRA, FSDP (sharded weights,
+    gathered on save) for a full fine-tune; rank 0 alone reports and publishes."""
+    data = _write(tmp_path / "t1.jsonl", [_conversation(index) for index in range(8)])
+    (tmp_path / "settings.json").write_text(json.dumps({
+        "method": method, "distributed": distributed, "max_steps": 12, "epochs": 100, "grad_accum": 1,
+        "learning_rate": 1e-3, "lora_learning_rate": 3e-3, "lora_r": 8, "lora_alpha": 16, "max_seq_len": 256}))
+    done = subprocess.run(
+        launcher_command(2, distributed) + ["--data", str(data), "--out", str(tmp_path / "out"), "--settings",
+                                            str(tmp_path / "settings.json")],
+        capture_output=True, text=True, cwd=ROOT, env=_offline_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]  # one report, from rank 0
+    result = json.loads(line)
+    assert (result["world_size"], result["steps"]) == (2, 12)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["distributed"] == distributed
+    assert metrics["losses"][-1] < metrics["losses"][0] - 0.3
+    assert result["tokens_trained"] == sum(metrics["step_tokens"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "settings.json", "t1.jsonl"]
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True).eval()
-    first, second = (encode_example(tokenizer, _conversation(index)["messages"], 4096) for index in (4, 5))
-    rows = pack_examples([first, second], len(first["input_ids"]) + len(second["input_ids"]))
-    assert rows == [[first, second]]
-    assert pack_examples([first, second], len(first["input_ids"]) + 1) == [[first], [second]]
+    from safetensors.torch import load_file
 
-    def logits(batch: dict) -> torch.Tensor:
-        with torch.no_grad():
-            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    published = load_file(tmp_path / "out" / weights)  # whole tensors, not one rank's shards
+    if method == "full":
+        base = load_file(tmp_path / "out" / "base_model" / "model.safetensors")
+        assert {key: value.shape for key, value in published.items()} == {key: v.shape for key, v in base.items()}
 
-    packed, alone = logits(make_batch(rows, 3))[0], logits(make_batch([[second]], 3))[0]
-    padded = make_batch([[first], [second]], 3)
-    batched = logits(padded)
-    assert torch.allclose(packed[len(first["input_ids"]):], alone, atol=1e-4)
-    assert torch.allclose(batched[1, :len(second["input_ids"])], alone, atol=1e-4)
-    assert (padded["labels"][1, len(second["input_ids"]):] == IGNORE_INDEX).all()
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    data = _write(tmp_path / "t1.jsonl", [_conversation(index) for index in range(8)])
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"max_steps": 24, "epochs": 100, "grad_accum": 1, "save_steps": 3,
+                                         "save_total_limit": 2, "max_seq_len": 256}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", TRAIN_MODULE, "--data", str(data), "--out", str(out), "--settings",
+               str(settings_file)]
+    checkpoints = checkpoint_dir_for(out)
+    first = subprocess.Popen(command, cwd=ROOT, env=_offline_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while last_checkpoint(checkpoints) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # a pod killed mid-run: no cleanup of any kind
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, "the run ended before a checkpoint was seen"
+    assert not out.exists()
+    resume_from = last_checkpoint(checkpoints)
+    resumed_step = int(resume_from.name.split("-")[1])
+    assert 3 <= resumed_step < 24
+
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=_offline_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["resumed_from"] == str(resume_from) and result["steps"] == 24
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the steps before the checkpoint come from it, the rest from this launch: each step logged once
+    assert [point["step"] for point in metrics["loss_curve"]] == list(range(1, 25))
+    assert len(metrics["step_seconds"]) == 24 - resumed_step
+    assert (out / "adapter_model.safetensors").exists() and not checkpoints.exists()
+
+
+def test_checkpoints_of_other_settings_or_data_are_discarded(tmp_path):
+    checkpoints = tmp_path / ".out.checkpoints"
+    _prepare_checkpoint_dir(checkpoints, "a")
+    (checkpoints / "checkpoint-4").mkdir()
+    (checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    (checkpoints / "checkpoint-6").mkdir()  # killed while saving: no trainer state yet
+    assert last_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    _prepare_checkpoint_dir(checkpoints, "a")
+    assert last_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    _prepare_checkpoint_dir(checkpoints, "b")
+    assert last_checkpoint(checkpoints) is None and checkpoints.is_dir()
 
 
 def test_failed_run_keeps_the_previous_output_and_leaves_no_temp_dirs(tmp_path, tiny_model):
@@ -266,10 +394,23 @@ def test_dataset_without_usable_examples_names_the_files(tmp_path, tiny_model):
     ({"lora_targets": []}, "lora_targets"),
     ({"base_model": "Qwen/Qwen3-8B"}, "base_model"),
     ({"learnin_rate": 1e-4}, "learnin_rate"),
+    ({"distributed": "deepspeed"}, "distributed"),
+    ({"save_steps": 0}, "save_steps"),
 ])
 def test_bad_settings_name_the_field(fields, named):
     with pytest.raises(ValidationError, match=named):
         TrainSettings(**fields)
+
+
+def test_launcher_command_per_gpu_count():
+    assert launcher_command(4, "fsdp") == ["accelerate", "launch", "--config_file", "sera_ops/accelerate/fsdp.yaml",
+                                           "--num_processes=4", "-m", TRAIN_MODULE]
+    assert launcher_command(0)[-4:] == ["--num_processes=1", "--cpu", "-m", TRAIN_MODULE]
+    for name in ("ddp", "fsdp"):  # the configs the command names exist and are accelerate configs
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        config = load_config_from_file(str(ROOT / launcher_command(2, name)[3]))
+        assert str(config.distributed_type).endswith({"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name])
 
 
 def test_cli_round_trip(tmp_path):
@@ -306,7 +447,8 @@ def test_cli_rejects_bad_input_with_exit_status_2(tmp_path, capsys):
 
 def test_module_import_does_not_import_torch():
     done = subprocess.run(
-        [sys.executable, "-c", "import sys, sera_ops.train; "
-         "heavy = {'torch', 'transformers', 'peft', 'tokenizers'} & set(sys.modules); assert not heavy, heavy"],
+        [sys.executable, "-c", "import sys, sera_ops.train, sera_ops.train_jobs, sera_ops.config; heavy = {'torch', "
+         "'transformers', 'peft', 'tokenizers', 'trl', 'accelerate', 'datasets'} & set(sys.modules); "
+         "assert not heavy, heavy"],
         capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr

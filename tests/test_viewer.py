@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 
 from sera_ops import pipeline, runs, verify
 from sera_ops.config import PLATFORM_CONFIG_ENV, load_platform, load_repos
-from sera_ops.dataset_card import PLOTS
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams
+from sera_ops.store import PLOTS
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT

@@ -6,18 +6,22 @@ from pathlib import Path
 
 import yaml
 
+from sera_ops.config import is_storage_url
 from sera_ops.store import atomic_write_text
 
 SCRIPTED_SERVER = "scripted"
 
 
-def dry_run_platform(base_file: Path, workdir: Path, teacher_url: str, *, storage_root: Path | None = None,
+def dry_run_platform(base_file: Path, workdir: Path, teacher_url: str, *, storage_root: Path | str | None = None,
                      repos_dir: Path | None = None, overrides: dict | None = None) -> Path:
     """A copy of `base_file` in `workdir` whose 'scripted' model server is `teacher_url` and whose relative paths
-    still point where the original's did. Returns the new file's path."""
+    still point where the original's did. Returns the new file's path. `storage_root` may be an object-storage URL."""
     base_file = Path(base_file).resolve()
     data = yaml.safe_load(base_file.read_text())
     for key, override in (("storage_root", storage_root), ("repos_dir", repos_dir)):
+        if is_storage_url(override):
+            data[key] = override
+            continue
         value = Path(override) if override else Path(data.get(key, "repos" if key == "repos_dir" else "store"))
         data[key] = str(value if value.is_absolute() else (base_file.parent / value).resolve())
     servers = data.setdefault("model_servers", {})

@@ -1,7 +1,7 @@
-"""Bundled sample repositories, rebuilt as real git repositories with a fixed history.
+"""Bundled sample repositories (`source: bundled:<name>`), rebuilt as real git repositories with a fixed history.
 
 A nested ``.git`` cannot ship inside this package, so each sample is stored as per-commit snapshots (the files added or
-changed at that commit) plus a ``commits.json`` manifest. A fixed author, committer and date per commit make every
+changed at that commit) plus a ``history.json`` manifest. A fixed author, committer and date per commit make every
 build produce the same commit hashes, so demo runs and caches keyed by commit agree across machines and rebuilds.
 """
 
@@ -44,7 +44,7 @@ class SampleCommit:
 
 def sample_commits(name: str) -> tuple[SampleCommit, ...]:
     """The manifest of sample `name`, oldest commit first."""
-    manifest = json.loads((_sample_dir(name) / "commits.json").read_text(encoding="utf-8"))
+    manifest = json.loads((_sample_dir(name) / "history.json").read_text(encoding="utf-8"))
     commits = tuple(
         SampleCommit(item["directory"], item["message"], datetime.fromisoformat(item["date"]), tuple(item["deleted"]))
         for item in manifest
