@@ -279,7 +279,7 @@ def build_commit_image(client: Any, recipe: BuildRecipe, *, commit: str, snapsho
     pushed when the registry is configured to receive images."""
     snapshot_dir = Path(snapshot_dir)
     lookup = RegistryClient(registry.username, registry_password, registry.insecure)
-    base_id = _present(client, recipe.base_image, registry, registry_password).id
+    base_id = _content_identity(_present(client, recipe.base_image, registry, registry_password))
     smoke_cmd = recipe.smoke_cmd or default_smoke_cmd(smoke_modules(snapshot_dir, recipe.repo, top_level_folder))
     deps_key = _fingerprint({"base": base_id, "python": recipe.python_version, "install": recipe.install_cmds,
                              "requires": build_requirements(snapshot_dir), "env": recipe.env_for_fingerprint(),
@@ -449,6 +449,15 @@ def _find(client: Any, reference: str, label: str, value: str, lookup: RegistryC
     image = client.images.pull(repository, tag=tag, auth_config=_auth(registry, password))
     log.info("pulled %s from the registry (same fingerprint: not rebuilt)", reference)
     return image, "registry"
+
+
+def _content_identity(image: Any) -> str:
+    """What the base contributes to a fingerprint: its layers' content digests and the runtime config, not its image
+    id, which differs between engines that imported the same rootfs (each import stamps its own creation time). So
+    every worker's engine computes the same fingerprints and pulls what another built."""
+    config = image.attrs.get("Config") or {}
+    runtime = {key: config.get(key) for key in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")}
+    return _fingerprint({"layers": image.attrs["RootFS"]["Layers"], "config": runtime})
 
 
 def _present(client: Any, reference: str, registry: RegistrySettings, password: str | None) -> Any:

@@ -10,7 +10,7 @@ from sera_ops import images
 from sera_ops.config import ConfigError, ImageSettings, RepoSpec, SecretRef, load_platform
 from sera_ops.registry import RegistryClient, RegistryError, split_reference
 from sera_ops.testing.loopback import LoopbackServer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, docker_engine_reachable
 
 PYPROJECT = """[build-system]
 requires = ["hatchling>=1.20"]
@@ -142,3 +142,38 @@ def test_registry_labels_are_read_without_pulling_and_a_missing_tag_is_none():
     assert split_reference("127.0.0.1:5000/sera/x:1") == ("127.0.0.1:5000", "sera/x", "1")
     with pytest.raises(RegistryError, match="names no registry host"):
         split_reference("sera-base:bookworm")
+
+
+@pytest.mark.docker
+def test_the_same_rootfs_imported_twice_fingerprints_the_same_so_engines_share_images(tmp_path):
+    """Two engines that each imported the base get different image ids (each import stamps its own time); the
+    fingerprint must follow the content, or every worker's engine would rebuild what another pushed."""
+    import io
+    import tarfile
+    import time
+
+    import docker
+
+    if not docker_engine_reachable():
+        pytest.skip("no Docker engine")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        data = b"same content\n"
+        member = tarfile.TarInfo("etc/marker")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    client = docker.from_env()
+    tags = [f"sera-test-import:{n}" for n in ("a", "b")]
+    try:
+        imported = []
+        for tag in tags:
+            client.api.import_image_from_data(archive.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1])
+            imported.append(client.images.get(tag))
+            time.sleep(1.1)  # image creation times are in seconds
+        first, second = imported
+        assert first.id != second.id
+        assert images._content_identity(first) == images._content_identity(second)
+    finally:
+        for tag in tags:
+            client.images.remove(tag, force=True)
+        client.close()
