@@ -970,7 +970,9 @@ class ScriptedTeacher(LoopbackServer):
                            "content": f"THOUGHT: {thought}\n\n```mswea_bash_command\n{command}\n```"}
         self._count(kind)
         prompt_tokens = sum(_tokens(_text(m.get("content"))) for m in messages)
-        completion_tokens = _tokens(json.dumps(message))
+        # what the model wrote, not the call ids (numbered by this server's request counter): same run, same usage
+        completion_tokens = _tokens(_text(message["content"]) + "".join(
+            call["function"]["arguments"] for call in message.get("tool_calls", [])))
         return {
             "id": f"chatcmpl-scripted-{number}",
             "object": "chat.completion",
