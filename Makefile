@@ -12,6 +12,7 @@ demo: venv
 
 testdata: venv
 	scripts/fetch_test_data.sh
+	scripts/fetch_platform_wheels.sh --if-docker
 
 test: venv testdata
 	$(PY) -m pytest

@@ -199,15 +199,6 @@ def copy_workdir(image: Any, workdir: str, dest: Path) -> None:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-    skipped: list[str] = []
-
-    def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        try:
-            return tarfile.data_filter(member, path)
-        except tarfile.FilterError:
-            skipped.append(member.name)
-            return None
-
     container = image.client.containers.create(image.id, command=["true"], network_disabled=True)
     try:
         try:
@@ -220,7 +211,7 @@ def copy_workdir(image: Any, workdir: str, dest: Path) -> None:
                 archive.write(chunk)
             archive.seek(0)
             with tarfile.open(fileobj=archive) as tar:
-                tar.extractall(tmp, filter=keep)
+                skipped = sources.extract_tar(tar, tmp)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp / PurePosixPath(workdir).name, dest)
     finally:

@@ -122,6 +122,42 @@ def select_commits(repo_path: Path, commits: list[str], n_commits: int, lookback
     return evenly_spaced(window, n_commits)
 
 
+def extract_tar(tar: tarfile.TarFile, dest: Path) -> list[str]:
+    """Extract `tar` into `dest` under the rules of tarfile's 'data' filter, skipping (and returning the names of)
+    entries that would land outside `dest`: absolute or `..` paths, links that leave it, device files. Python
+    >= 3.11.4 applies the filter itself; older 3.11 releases (Debian 12's 3.11.2, the platform image's Python) lack
+    it, so the same checks are made here and set-id bits are dropped."""
+    skipped: list[str] = []
+    if hasattr(tarfile, "data_filter"):
+        def keep(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+            try:
+                return tarfile.data_filter(member, path)
+            except tarfile.FilterError:
+                skipped.append(member.name)
+                return None
+
+        tar.extractall(dest, filter=keep)
+        return skipped
+    root = os.path.realpath(dest)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+    members = []
+    for member in tar.getmembers():
+        target = os.path.join(root, member.name)
+        link = (os.path.join(os.path.dirname(target), member.linkname) if member.issym()
+                else os.path.join(root, member.linkname) if member.islnk() else target)
+        if (os.path.isabs(member.name) or (member.issym() and os.path.isabs(member.linkname)) or member.isdev()
+                or not inside(target) or not inside(link)):
+            skipped.append(member.name)
+            continue
+        member.mode &= 0o777
+        members.append(member)
+    tar.extractall(dest, members=members)
+    return skipped
+
+
 def snapshot(repo_path: Path, commit: str, dest: Path, repo: str) -> RepoSnapshot:
     """The commit's tree as a fresh one-commit repository at `dest` (cached: reused when already there)."""
     if (dest / ".git").exists():
@@ -134,7 +170,10 @@ def snapshot(repo_path: Path, commit: str, dest: Path, repo: str) -> RepoSnapsho
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
     try:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tmp, filter="data")
+            skipped = extract_tar(tar, tmp)
+        if skipped:
+            log.warning("commit %s: %d entries not extracted (links outside the tree or special files): %s",
+                        commit[:12], len(skipped), ", ".join(skipped[:10]))
         git(*SNAPSHOT_IDENTITY, "init", "--quiet", cwd=tmp)
         git("add", "--all", cwd=tmp)
         git(*SNAPSHOT_IDENTITY, "commit", "--quiet", "--allow-empty", "-m", f"sera snapshot of {commit}", cwd=tmp)

@@ -172,9 +172,12 @@ def test_local_executor_stack_runs_the_sample_dag(images: str, tmp_path: Path):
 def test_celery_profile_runs_the_sample_dag_on_two_workers(images: str, tmp_path: Path):
     started = time.monotonic()
     with compose_stack(images, tmp_path, "celery", scale={"worker": 2}, AIRFLOW_EXECUTOR="CeleryExecutor") as stack:
-        ping = stack.compose("exec", "-T", "--index", "1", "worker", "celery", "--app",
-                             "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping")
-        assert ping.returncode == 0 and ping.stdout.count("pong") == 2, ping.stdout + ping.stderr
+        def both_workers_answer() -> bool:
+            ping = stack.compose("exec", "-T", "--index", "1", "worker", "celery", "--app",
+                                 "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping")
+            return ping.returncode == 0 and ping.stdout.count("pong") == 2
+
+        stack.api.wait_for(both_workers_answer, 120, "both Celery workers to answer a ping through the broker")
         dataset = run_sample_dag(stack, max_functions=1)
         assert records(dataset, "t1.jsonl")
         worker_logs = stack.compose("logs", "--no-color", "worker").stdout

@@ -100,24 +100,30 @@ def compose() -> dict:
 
 
 def test_compose_declares_the_stack(compose):
-    assert set(compose["services"]) == AIRFLOW_SERVICES | {"postgres", "registry", "vllm"}
-    assert compose["services"]["vllm"]["profiles"] == ["vllm"]
-    assert "profiles" not in compose["services"]["scheduler"]
+    """LocalExecutor by default; Celery (redis + workers), a registry, the scripted teacher and vLLM are profiles."""
+    services = compose["services"]
+    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "worker", "registry", "scripted-teacher", "vllm"}
+    assert {name for name, service in services.items() if "profiles" not in service} == AIRFLOW_SERVICES | {"postgres"}
+    assert services["redis"]["profiles"] == services["worker"]["profiles"] == ["celery"]
+    # the local engine has no bridge network: every service is on the host's loopback
+    assert {service["network_mode"] for service in services.values()} == {"host"}
 
 
 def test_compose_airflow_services_share_image_and_config(compose):
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | {"worker"}:
         service = compose["services"][name]
-        assert service["build"]["dockerfile"] == "docker/airflow/Dockerfile"
+        assert service["image"].startswith("sera-airflow:")
         environment = service["environment"]
-        assert environment["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert environment["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
         assert environment["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/sera/dags"
-        assert environment["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/sera/plugins"
         assert environment["SERA_PLATFORM_CONFIG"] == "/opt/sera/config/platform.yaml"
-        assert "@postgres:5432/" in environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-        # The secret must come from the operator's environment, never from a default committed here.
-        assert environment["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW_JWT_SECRET:?")
-    for worker in ("scheduler", "triggerer"):
+        assert environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+        # Secrets must come from the operator's environment, never from a default committed here.
+        for key, variable in (("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_JWT_SECRET"),
+                              ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_FERNET_KEY")):
+            assert environment[key].startswith(f"${{{variable}:?")
+        assert "${POSTGRES_PASSWORD:?" in environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    for worker in ("scheduler", "worker"):
         assert any(volume.endswith(":/var/run/docker.sock") for volume in compose["services"][worker]["volumes"])
 
 

@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from sera_ops.sources import extract_tar
+
 _ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "sdist history",
         "GIT_AUTHOR_EMAIL": "sdist@example.invalid", "GIT_COMMITTER_NAME": "sdist history",
         "GIT_COMMITTER_EMAIL": "sdist@example.invalid"}
@@ -44,7 +46,7 @@ def _unpack(sdist: Path, target: Path) -> None:
                 archive.extractall(scratch)
         else:
             with tarfile.open(sdist) as archive:
-                archive.extractall(scratch, filter="data")
+                extract_tar(archive, Path(scratch))
         roots = list(Path(scratch).iterdir())
         source = roots[0] if len(roots) == 1 and roots[0].is_dir() else Path(scratch)
         for entry in source.iterdir():
