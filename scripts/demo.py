@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from sera_ops.cli import explain_unusable_repo  # noqa: E402
 from sera_ops.config import (  # noqa: E402
     ConfigError,
-    check_references,
     default_platform_path,
     load_platform,
     load_repos,
@@ -36,6 +35,7 @@ from sera_ops.store import RepoStore, RunStore  # noqa: E402
 from sera_ops.testing.dry_run import SCRIPTED_SERVER, dry_run_platform  # noqa: E402
 from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
+from sera_ops.validation import check_references  # noqa: E402
 
 
 def main() -> int:

@@ -30,7 +30,6 @@ from sera_ops.config import (
     ConfigError,
     GitHubDemoIssues,
     RepoSpec,
-    check_references,
     load_platform,
     load_repo,
     load_repos,
@@ -42,6 +41,7 @@ from sera_ops.mirror import MirrorError
 from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
 from sera_ops.sources import SourceError
 from sera_ops.store import RepoStore, atomic_write_text
+from sera_ops.validation import check_references
 
 USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError, DemoIssuesError)
 """Problems the user can fix (configuration, sources, images, the teacher): one line on stderr, no traceback."""

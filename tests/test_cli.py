@@ -10,9 +10,10 @@ import docker.errors
 import pytest
 
 from sera_ops.cli import main
-from sera_ops.config import check_references, load_platform, load_repo
+from sera_ops.config import load_platform, load_repo
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher
+from sera_ops.validation import check_references
 from tests.conftest import ROOT
 
 

@@ -189,3 +189,14 @@ def test_production_modules_do_not_import_the_test_doubles():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names if name.startswith("sera_ops.testing")]
     assert not offenders, offenders
+
+
+def test_config_is_a_leaf():
+    """Settings load without importing a stage: config imports nothing from sera_ops but settings-only modules."""
+    leaves = {"sera_ops.train_settings"}
+    imported = set()
+    for module in ("config", "train_settings"):
+        for node in ast.walk(ast.parse((ROOT / "sera_ops" / f"{module}.py").read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sera_ops"):
+                imported.add(node.module)
+    assert imported <= leaves, imported - leaves
