@@ -231,6 +231,16 @@ class PlatformConfig(_Strict):
         return value if is_storage_url(value) else Path(value)
 
     @model_validator(mode="after")
+    def _pod_training_needs_a_mounted_store(self) -> PlatformConfig:
+        """The training pod reads the dataset and writes the model through a mounted claim; on object storage the
+        `local` backend stages them instead. A pod given URLs it cannot open would fail only after scheduling."""
+        if self.training.backend == "kubernetes" and is_storage_url(self.storage_root):
+            raise _FieldProblem("training.backend", f"the kubernetes training pod needs storage_root on a mounted "
+                                f"volume (training.kubernetes.storage_claim), not {self.storage_root}; use a "
+                                "ReadWriteMany claim for the store, or training.backend: local")
+        return self
+
+    @model_validator(mode="after")
     def _default_server_exists(self) -> PlatformConfig:
         if self.defaults.model_server not in self.model_servers:
             raise _FieldProblem("defaults.model_server",

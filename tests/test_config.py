@@ -88,6 +88,12 @@ def test_platform_errors(tmp_path):
         load_platform(path)
     with pytest.raises(ConfigError, match="file not found"):
         load_platform(tmp_path / "absent.yaml")
+    path.write_text(PLATFORM.replace("storage_root: store", "storage_root: s3://bucket/sera")
+                    + "training: {backend: kubernetes}\n")
+    with pytest.raises(ConfigError, match="training.backend.*mounted volume.*s3://bucket/sera"):
+        load_platform(path)
+    path.write_text(PLATFORM.replace("storage_root: store", "storage_root: s3://bucket/sera"))
+    assert load_platform(path).storage_root == "s3://bucket/sera"
 
 
 def test_secrets_come_from_connection_then_env(platform_file, monkeypatch):
