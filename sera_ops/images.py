@@ -41,7 +41,7 @@ from sera_ops.registry import RegistryClient, RegistryError
 log = logging.getLogger(__name__)
 
 TESTBED = "/testbed"
-LAYOUT_VERSION = 2  # bump when the steps below change what an image contains
+LAYOUT_VERSION = 3  # bump when the steps below change what an image contains
 BUILD_ENV_FILE = "/.sera-build-env"
 DEFAULT_SOURCE_INSTALL = ("if [ -f pyproject.toml ] || [ -f setup.py ]; then "
                           "pip install --no-deps --no-build-isolation --no-cache-dir -e .; fi")
@@ -510,15 +510,23 @@ def _lock(lock_dir: Path | None, name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The image's files belong to root whoever built it: a worker running as uid 50000 (the Airflow image) and one
+    running as root must make the same image, since both compute the same fingerprint and share it."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
 def _step_files(snapshot_dir: Path, env_file: str) -> bytes:
     """One tar for one upload: the snapshot as /testbed and the build environment file (read-only to root)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(snapshot_dir, arcname=TESTBED.lstrip("/"))
+        tar.add(snapshot_dir, arcname=TESTBED.lstrip("/"), filter=_owned_by_root)
         data = env_file.encode()
         info = tarfile.TarInfo(BUILD_ENV_FILE.lstrip("/"))
         info.size, info.mode = len(data), 0o400
-        tar.addfile(info, io.BytesIO(data))
+        tar.addfile(_owned_by_root(info), io.BytesIO(data))
     return buffer.getvalue()
 
 

@@ -177,3 +177,16 @@ def test_the_same_rootfs_imported_twice_fingerprints_the_same_so_engines_share_i
         for tag in tags:
             client.images.remove(tag, force=True)
         client.close()
+
+
+def test_the_uploaded_tree_belongs_to_root_whoever_builds(tmp_path):
+    """A worker running as uid 50000 (the compose Airflow image) makes the same image as one running as root."""
+    import io
+    import os
+    import tarfile
+
+    write_project(tmp_path / "snap")
+    os.chown(tmp_path / "snap" / "pyproject.toml", 50000, 50000)
+    with tarfile.open(fileobj=io.BytesIO(images._step_files(tmp_path / "snap", "X=1\n"))) as tar:
+        owners = {(member.uid, member.gid, member.uname, member.gname) for member in tar.getmembers()}
+    assert owners == {(0, 0, "root", "root")}
