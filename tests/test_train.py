@@ -66,7 +66,10 @@ def _write(path: Path, records: list[dict]) -> Path:
 
 
 def _offline_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    """No hub, and this interpreter's scripts (`accelerate`) first on PATH, as in the training image: `make test`
+    runs the venv's python without activating the venv."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": path}
 
 
 @pytest.fixture(scope="module", autouse=True)
