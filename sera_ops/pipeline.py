@@ -35,7 +35,6 @@ from sera_ops.store import (
     RolloutOne,
     RunStore,
     StorePath,
-    SynthRecord,
     claim,
     read_json,
 )
@@ -582,8 +581,7 @@ def _synth_step(ctx: RunContext) -> Step:
             client = ctx.synth_client(budget)
             result = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, final.patch, pool,
                                               ctx.spec.seed)
-        ctx.store.write_synth(instance.instance_id,
-                              SynthRecord(**result.to_dict(), writer_usage=client.usage.to_dict()))
+        ctx.store.write_synth(instance.instance_id, replace(result, writer_usage=client.usage.to_dict()))
 
     return Step("synth", attrgetter("synth"), eligible, work)
 

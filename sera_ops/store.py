@@ -43,6 +43,7 @@ from sera_ops.verify import Verdict
 
 if TYPE_CHECKING:
     from sera_ops.rollouts import Rollout
+    from sera_ops.synth import Synthesis
 
 StorePath = Path | UPath
 """A file in the store: a local `Path`, or a `UPath` on object storage."""
@@ -132,6 +133,16 @@ def atomic_write_bytes(path: StorePath, data: bytes) -> None:
         path.fs.pipe_file(path.path, data)
         return
     path = Path(path)
+    tmp = _durable_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _durable_temp(path: Path, data: bytes) -> str:
+    """`data` in a fsynced temp file beside `path` (same filesystem, so it can be renamed or linked into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -139,10 +150,10 @@ def atomic_write_bytes(path: StorePath, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def atomic_write_text(path: StorePath, text: str) -> None:
@@ -208,13 +219,8 @@ def claim(path: StorePath, owner: str) -> str:
 def _link_new(path: Path, data: bytes) -> None:
     """Create `path` holding `data`, or FileExistsError: readers never see it empty, as they could an O_EXCL file
     its creator is still writing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _durable_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.link(tmp, path)
     finally:
         os.unlink(tmp)
@@ -263,27 +269,6 @@ class RolloutOne:
     @classmethod
     def from_dict(cls, data: dict) -> RolloutOne:
         return _from_dict(cls, {**data, "final": _rollout(data["final"])})
-
-
-@dataclass(frozen=True)
-class SynthRecord:
-    """synth.json: the synthetic PR (None when the writer gave none) and what writing it took."""
-
-    instance_id: str
-    synth_pr: str | None
-    demo_index: int
-    demo_id: str
-    calls: int
-    cost_limited: bool = False
-    writer_usage: dict | None = None
-    """None in records from before writer usage was kept."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SynthRecord:
-        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
@@ -585,11 +570,13 @@ class RunStore:
     def write_rollout_one(self, instance_id: str, record: RolloutOne) -> None:
         atomic_write_json(self.instance(instance_id).rollout_one, record.to_dict())
 
-    def synth(self, instance_id: str) -> SynthRecord | None:
-        data = read_json_or(self.instance(instance_id).synth)
-        return SynthRecord.from_dict(data) if data is not None else None
+    def synth(self, instance_id: str) -> Synthesis | None:
+        from sera_ops.synth import Synthesis  # synth reaches this module through teachers' spend ledger
 
-    def write_synth(self, instance_id: str, record: SynthRecord) -> None:
+        data = read_json_or(self.instance(instance_id).synth)
+        return Synthesis.from_dict(data) if data is not None else None
+
+    def write_synth(self, instance_id: str, record: Synthesis) -> None:
         atomic_write_json(self.instance(instance_id).synth, record.to_dict())
 
     def rollout_two(self, instance_id: str) -> Rollout | None:

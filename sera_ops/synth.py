@@ -42,9 +42,15 @@ class Synthesis:
     calls: int
     cost_limited: bool = False
     """The instance's cost limit stopped the writer before it wrote a PR."""
+    writer_usage: dict | None = None
+    """What writing it took (calls, tokens, cost); None in records from before writer usage was kept."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Synthesis:
+        return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 
 
 def clip(text: str, limit: int) -> str:

@@ -3,7 +3,6 @@ a user gives them (storage options in the environment outside Airflow, an Airflo
 single-PUT writes, and one winner among concurrent claimers."""
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -20,6 +19,7 @@ from sera_ops.teachers import SpendLedger
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.conftest import ROOT
+from tests.test_store import claims_from_threads
 
 BUCKET = "sera-runs"
 KEY, SECRET = "moto-key", "moto-secret"
@@ -193,12 +193,7 @@ def test_a_failed_remote_write_leaves_the_previous_object(s3, store_options):
 
 def test_concurrent_claimers_agree_on_one_winner(s3, store_options):
     path = RepoStore(f"s3://{BUCKET}/claims", "repo").run("run").patch_claim("abc123")
-    results: list[str] = []
-    threads = [threading.Thread(target=lambda n=n: results.append(claim(path, f"instance-{n}"))) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = claims_from_threads(path)
     assert len(results) == 8 and len(set(results)) == 1
     assert claim(path, results[0]) == results[0] and claim(path, "late") == results[0]
 

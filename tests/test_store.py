@@ -17,13 +17,13 @@ from sera_ops.store import (
     RepoStore,
     RolloutOne,
     RunStore,
-    SynthRecord,
     atomic_write_json,
     claim,
     replacing,
     safe_name,
     store_root,
 )
+from sera_ops.synth import Synthesis
 from sera_ops.verify import Verdict
 from tests.conftest import ROOT
 
@@ -94,7 +94,7 @@ def test_typed_records_round_trip(tmp_path):
                      judge_usage={"calls": 1})
     run.write_rollout_one("i", one)
     assert run.rollout_one("i") == one and json.loads(run.instance("i").rollout_one.read_text())["final"]["stage"] == 1
-    synthesis = SynthRecord(instance_id="i", synth_pr="Fix it", demo_index=2, demo_id="packaged[2]", calls=1,
+    synthesis = Synthesis(instance_id="i", synth_pr="Fix it", demo_index=2, demo_id="packaged[2]", calls=1,
                             writer_usage={"calls": 1})
     run.write_synth("i", synthesis)
     run.write_rollout_two("i", _rollout("i", 2))
@@ -128,14 +128,20 @@ def test_attempt_trajectories_are_listed_in_attempt_order(tmp_path):
     assert [p.name for p in files.attempt_trajectories()] == [f"rollout1.a{n}.traj.json" for n in (0, 2, 10)]
 
 
-def test_claim_has_one_winner_among_concurrent_claimers(tmp_path):
-    path = tmp_path / "patches" / "abc.owner"
+def claims_from_threads(path, count: int = 8) -> list[str]:
+    """What `count` threads claiming `path` at once were each told owns it."""
     results: list[str] = []
-    threads = [threading.Thread(target=lambda n=n: results.append(claim(path, f"instance-{n}"))) for n in range(8)]
+    threads = [threading.Thread(target=lambda n=n: results.append(claim(path, f"instance-{n}"))) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results
+
+
+def test_claim_has_one_winner_among_concurrent_claimers(tmp_path):
+    path = tmp_path / "patches" / "abc.owner"
+    results = claims_from_threads(path)
     assert len(set(results)) == 1 and claim(path, results[0]) == results[0]
 
 
