@@ -1,11 +1,13 @@
 """The SERA dataset viewer: a read-only look into the run store from the Airflow UI (Browse → SERA datasets).
 
-Plain server-side HTML from the run store (`sera_ops.runs`): the runs of every repository with their counts, a run's
+Server-side HTML from the run store, rendered with the Jinja2 templates in `sera_viewer_templates/` (a layout, one
+template per page, macros for the repeated pieces): the runs of every repository with their counts, a run's
 statistics, its dataset's files (card, Parquet, JSONL) and plots, per-instance progress, and one instance's task,
 patches, synthetic PR, verdict and both trajectories. Dataset files are served only by name from a fixed list.
-Trajectories hold whatever the model and the repository printed, so every value is HTML-escaped, and names from the
-URL go through `sera_ops.runs`' checks (anything else is a 404). The storage root is read from the platform config on
-every request, so `SERA_PLATFORM_CONFIG` and config edits apply without a restart.
+Trajectories hold whatever the model and the repository printed, so the templates escape every value (autoescape;
+nothing from the store is ever marked safe), and names from the URL go through the run store's checks (anything else
+is a 404). The storage root is read from the platform config on every request, so `SERA_PLATFORM_CONFIG` and config
+edits apply without a restart.
 
 Airflow does not authenticate plugin apps; this one asks for the same login as Airflow's own API (a bearer token, or
 the UI's session cookie, which the embedded page sends along). A browser without a session is sent to Airflow's login
@@ -17,7 +19,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -27,10 +29,13 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
-from sera_ops import runs
-from sera_ops.config import load_platform
-from sera_ops.store import CARD, PLOTS, SPLITS, STATS, RepoStore, StorePath, is_local
+from sera_ops.settings import load_platform
+from sera_ops.store import views
+from sera_ops.store.io import StorePath, is_local
+from sera_ops.store.layout import CARD, PLOTS, SPLITS, STATS, RepoStore
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -69,9 +74,9 @@ async def login_first(request: Request, exc: LoginFirst) -> RedirectResponse:
     return RedirectResponse(create_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
 
 
-@app.exception_handler(runs.NotFound)
-async def not_found(request: Request, exc: runs.NotFound) -> HTMLResponse:
-    return _page(request, "Not found", [], f"<p>{_e(exc)}</p>", status_code=404)
+@app.exception_handler(views.NotFound)
+async def not_found(request: Request, exc: views.NotFound) -> HTMLResponse:
+    return _page(request, "not_found.html.j2", "Not found", [], message=str(exc), status_code=404)
 
 
 DATASET_FILES = {CARD: "dataset card", **{f"{split}.{kind}": f"{split}.{kind}" for kind in ("parquet", "jsonl")
@@ -86,56 +91,37 @@ INDEX_COUNTS = {"instances": ("instances",), "judged good": ("judged_good",), "v
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     root = storage_root()
-    sections = []
-    for repo in runs.list_repos(root):
-        rows = [[_link(_url(request, repo, s.run_id), s.run_id) + (" " + _badge("latest") if s.is_latest else ""),
-                 _e(s.modified.strftime("%Y-%m-%d %H:%M UTC")),
-                 _e("assembled" if s.stats else "in progress"),
-                 *(_cell(_stat(s.stats, *key)) for key in INDEX_COUNTS.values())]
-                for s in runs.list_runs(root, repo)]
-        sections.append(f'<h2 id="{_e(repo)}">{_e(repo)}</h2>'
-                        + _table(["run", "modified", "state", *INDEX_COUNTS], rows))
-    body = "".join(sections) or f"<p>No runs under <code>{_e(root)}</code> yet.</p>"
-    return _page(request, "SERA datasets", [], body)
+    repos = [(repo, views.list_runs(root, repo)) for repo in views.list_repos(root)]
+    return _page(request, "index.html.j2", "SERA datasets", [], root=root, repos=repos, counts=INDEX_COUNTS)
 
 
 @app.get("/api/{repo}/{run}/stats")
 def stats_json(repo: str, run: str) -> JSONResponse:
-    detail = runs.run_detail(storage_root(), repo, run)
+    detail = views.run_detail(storage_root(), repo, run)
     if detail.stats is None:
-        raise runs.NotFound(f"run {run} has no statistics yet (not assembled)")
+        raise views.NotFound(f"run {run} has no statistics yet (not assembled)")
     return JSONResponse(detail.stats)
 
 
 @app.get("/{repo}/{run}", response_class=HTMLResponse)
 def run_page(request: Request, repo: str, run: str) -> HTMLResponse:
     root = storage_root()
-    detail = runs.run_detail(root, repo, run)
-    every_count = _link(_url(request, "api", repo, run, "stats"), STATS)
-    stats = (_summary(detail.stats) + f"<p>Every count: {every_count}</p>"
-             if detail.stats else "<p>Not assembled yet: the statistics appear when the run's dataset is built.</p>")
-    rows = [[_link(_url(request, repo, run, i.instance_id), i.instance_id), _e(i.start_fn),
-             _breakable(i.start_fn_file), f"<code>{_e((i.commit or '')[:12])}</code>",
-             _cell(i.rollout1_exit_status), _cell(i.rollout1_attempts), _cell(i.judged_good),
-             _synthetic_pr(request, repo, run, i),
-             _cell(i.rollout2_exit_status), _cell(i.recall), _cell(i.resolved), _errors(i.errors)]
-            for i in detail.instances]
-    instances = _table(["instance", "start function", "file", "commit", "rollout one", "attempts", "judged good",
-                        "synthetic PR", "rollout two", "recall", "resolved", "errors"], rows)
-    manifest = (f"<details><summary>manifest.json</summary><pre>{_e(json.dumps(detail.manifest, indent=2))}</pre>"
-                "</details>" if detail.manifest else "")
-    dataset = _dataset(request, root, repo, run) if detail.stats else ""
-    body = f"<h2>Summary</h2>{stats}{dataset}<h2>Instances ({len(detail.instances)})</h2>{instances}{manifest}"
-    return _page(request, f"{repo} / {run}", [(repo, _url(request) + f"#{quote(repo)}")], body,
-                 badge="latest" if detail.is_latest else None)
+    detail = views.run_detail(root, repo, run)
+    funnel, facts = _summary(detail.stats) if detail.stats else ([], [])
+    names = views.dataset_files(root, repo, run) if detail.stats else []  # older runs have no card, Parquet or plots
+    return _page(request, "run.html.j2", f"{repo} / {run}", [(repo, _url(request) + f"#{quote(repo)}")],
+                 title_badge="latest" if detail.is_latest else None, repo=repo, run=run, detail=detail,
+                 funnel=funnel, facts=facts, stats_name=STATS, plots=_plots(names),
+                 files=[(name, label) for name, label in DATASET_FILES.items() if name in names],
+                 manifest=json.dumps(detail.manifest, indent=2))
 
 
 @app.get("/{repo}/{run}/dataset/{name}")
 def dataset_file(repo: str, run: str, name: str) -> Response:
     """One of the run's dataset files (DATASET_FILES or a plot): text and images inline, Parquet as a download."""
     root = storage_root()
-    if not (name in DATASET_FILES or name.endswith(".png")) or name not in runs.dataset_files(root, repo, run):
-        raise runs.NotFound(f"no dataset file {name!r} in run {run}")
+    if not (name in DATASET_FILES or name.endswith(".png")) or name not in views.dataset_files(root, repo, run):
+        raise views.NotFound(f"no dataset file {name!r} in run {run}")
     path = RepoStore(root, repo).run(run).dataset.dir / name
     media_type, inline = MEDIA_TYPES[Path(name).suffix]
     filename = None if inline else f"{repo}-{run}-{name}"
@@ -149,30 +135,9 @@ def dataset_file(repo: str, run: str, name: str) -> Response:
 
 @app.get("/{repo}/{run}/{instance_id}", response_class=HTMLResponse)
 def instance_page(request: Request, repo: str, run: str, instance_id: str) -> HTMLResponse:
-    detail = runs.instance_detail(storage_root(), repo, run, instance_id)
-    s = detail.status
-    status = _key_values([
-        ("start function", s.start_fn), ("file", s.start_fn_file), ("commit", s.commit),
-        ("rollout one", s.rollout1_exit_status), ("attempts", s.rollout1_attempts), ("judged good", s.judged_good),
-        ("synthetic PR", s.synthetic_pr), ("rollout two", s.rollout2_exit_status), ("recall", s.recall),
-        ("resolved", s.resolved)])
-    errors = "".join(f"<h3>{_e(stage)} failed</h3><pre>{_e(message)}</pre>" for stage, message in s.errors.items())
-    duplicate = (f"<p>Its patch is the same as {_link(_url(request, repo, run, s.duplicate_of), s.duplicate_of)}'s, "
-                 "which got the synthetic PR.</p>" if s.duplicate_of else "")
-    attempts = _table(["attempt", "exit status", "changed lines", "judge's answer", "judged good", "judge calls"],
-                      [[_cell(a.number), _cell(a.exit_status), _cell(a.changed_lines) if a.changed_lines else "empty",
-                        _cell(a.judge_answer), _cell(a.judged_good), _cell(a.judge_calls)] for a in detail.attempts])
-    body = (f"{status}{errors}{duplicate}"
-            f"<h2>Rollout one: attempts and the judge</h2>{attempts if detail.attempts else _pre(None)}"
-            f"<h2>Rollout one: task</h2>{_pre(detail.task)}"
-            f"<h2>Rollout one: patch (P1)</h2>{_pre(detail.patch_one)}"
-            f"<h2>Synthetic PR</h2>{_pre(detail.synthetic_pr)}"
-            f"<h2>Rollout two: patch (P2)</h2>{_pre(detail.patch_two)}"
-            f"<h2>Verdict</h2>{_verdict(detail.verdict)}"
-            f"<h2>Rollout one: trajectory</h2>{_trajectory(detail.trajectory_one)}"
-            f"<h2>Rollout two: trajectory</h2>{_trajectory(detail.trajectory_two)}")
+    detail = views.instance_detail(storage_root(), repo, run, instance_id)
     crumbs = [(repo, _url(request) + f"#{quote(repo)}"), (run, _url(request, repo, run))]
-    return _page(request, instance_id, crumbs, body)
+    return _page(request, "instance.html.j2", instance_id, crumbs, repo=repo, run=run, detail=detail)
 
 
 class SeraViewerPlugin(AirflowPlugin):
@@ -183,36 +148,19 @@ class SeraViewerPlugin(AirflowPlugin):
                        "destination": "nav", "category": "browse"}]
 
 
-# ---------------------------------------------------------------- HTML (every dynamic value goes through _e)
-
-STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5rem; color: #1f2328; }
-nav { margin-bottom: .5rem; color: #59636e; }
-table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: 13px; }
-th, td { border: 1px solid #d1d9e0; padding: .2rem .45rem; text-align: left; vertical-align: top; }
-.wide { overflow-x: auto; }
-.funnel td.count { text-align: right; }
-.funnel td.bar { width: 16rem; }
-.funnel td.bar span { display: block; height: .9rem; background: #54aeff; }
-.plots { display: flex; flex-wrap: wrap; gap: .5rem; }
-.plots img { width: 380px; max-width: 100%; border: 1px solid #d1d9e0; }
-summary code { color: #59636e; margin-left: .4rem; }
-th { background: #f6f8fa; }
-pre { background: #f6f8fa; padding: .6rem; overflow-x: auto; white-space: pre-wrap; word-break: break-word; }
-details { border: 1px solid #d1d9e0; border-radius: 4px; margin: .3rem 0; padding: .2rem .6rem; }
-summary { cursor: pointer; }
-.badge { background: #1a7f37; color: #fff; border-radius: 8px; padding: 0 .45rem; font-size: 12px; }
-.missing { color: #59636e; font-style: italic; }
-.error { color: #cf222e; }
-"""
-
+# ---------------------------------------------------------------- HTML: the templates in sera_viewer_templates/
 
 _RETURNCODE = re.compile(r"<returncode>(-?\d+)</returncode>")
 _TAG = re.compile(r"</?[A-Za-z_][\w-]*>")
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+def _escape(value: Any) -> Markup:
+    """What every `{{ value }}` of the templates prints (the environment's finalize): the value escaped as
+    `html.escape` does (`'` as `&#x27;`, as the pages always had it), nothing for None. Only HTML the templates made
+    themselves (a macro's or a call block's output, Markup under autoescape) passes unchanged."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape("" if value is None else str(value), quote=True))
 
 
 def _url(request: Request, *names: str) -> str:
@@ -220,25 +168,8 @@ def _url(request: Request, *names: str) -> str:
     return request.scope.get("root_path", "").rstrip("/") + "/" + "/".join(quote(name, safe="") for name in names)
 
 
-def _link(href: str, text: Any) -> str:
-    return f'<a href="{_e(href)}">{_e(text)}</a>'
-
-
-def _breakable(path: str | None) -> str:
-    """A file path that may wrap after each `/`, so the instances table fits beside long paths."""
-    return _e(path).replace("/", "/<wbr>")
-
-
-def _badge(text: str) -> str:
-    return f'<span class="badge">{_e(text)}</span>'
-
-
-def _missing() -> str:
-    return '<span class="missing">—</span>'
-
-
 def _plain(value: Any) -> str:
-    """A value as people read it: yes/no, two decimals, a list joined, `—` for nothing."""
+    """A value as people read it: yes/no, two decimals, a list joined, `—` for nothing (the `plain` filter)."""
     if value is None or value == []:
         return "—"
     if isinstance(value, bool):
@@ -250,29 +181,9 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _cell(value: Any) -> str:
-    return _missing() if value is None or value == [] else _e(_plain(value))
-
-
-def _pre(text: str | None) -> str:
-    return f"<pre>{_e(text)}</pre>" if text else f"<p>{_missing()}</p>"
-
-
-def _table(headers: Iterable[str], rows: list[list[str]]) -> str:
-    """`rows` hold cells that are already HTML (built with _e/_cell/_link)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _key_values(pairs: Iterable[tuple[str, Any]]) -> str:
-    rows = "".join(f"<tr><th>{_e(key)}</th><td>{_cell(value)}</td></tr>" for key, value in pairs)
-    return f"<table>{rows}</table>"
-
-
-def _summary(stats: dict) -> str:
-    """The run's statistics as a reading: how many instances reached each stage (a bar against those sampled, the
-    share of the stage before), what was lost where, and the facts of the run."""
+def _summary(stats: dict) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """The run's statistics as a reading: how many instances reached each stage (the funnel: a bar's width against
+    those sampled, the share of the stage before), what was lost where, and the facts of the run."""
     def n(*keys: str) -> str:
         return _plain(_stat(stats, *keys))
 
@@ -287,13 +198,12 @@ def _summary(stats: dict) -> str:
         ("rollout two", "rollout_two", f"{n('rollout_two_submitted')} submitted, {n('rollout2_errors')} failed"),
         ("verified", "verified", f"recall of P1's changed lines ≥ {n('threshold')}; mean recall {n('mean_recall')}"),
     ]
-    total, previous, rows = _stat(stats, "instances") or 0, None, []
+    total, previous, funnel = _stat(stats, "instances") or 0, None, []
     for label, key, note in stages:
         count = _stat(stats, key)
         share = f"{count / previous:.0%}" if isinstance(count, int) and previous else ""
         width = 100 * count / total if isinstance(count, int) and total else 0
-        rows.append(f'<tr><th>{_e(label)}</th><td class="count">{_cell(count)}</td><td class="count">{share}</td>'
-                    f'<td class="bar"><span style="width: {width:.0f}%"></span></td><td>{_e(note)}</td></tr>')
+        funnel.append({"label": label, "count": count, "share": share, "width": f"{width:.0f}", "note": note})
         previous = count if isinstance(count, int) else None
     failures = _stat(stats, "failed", "by_error") or {}
     calls, prompt, completion = (n("usage", "total", key) for key in ("calls", "prompt_tokens", "completion_tokens"))
@@ -304,37 +214,13 @@ def _summary(stats: dict) -> str:
              ("failed instances", n("failed", "instances") + "".join(f"; {error}: {count}"
                                                                     for error, count in failures.items())),
              ("failed commits", n("commits", "failed")), ("Airflow run", n("run_id"))]
-    return (f'<table class="funnel"><thead><tr><th>stage</th><th>count</th><th>of previous</th><th></th>'
-            f'<th>notes</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{_key_values(facts)}')
+    return funnel, facts
 
 
-def _dataset(request: Request, root: StorePath, repo: str, run: str) -> str:
-    """Links to the dataset's files and every plot it has (older runs have no card, Parquet or plots)."""
-    names = runs.dataset_files(root, repo, run)
-    links = " · ".join(_link(_url(request, repo, run, "dataset", name), label)
-                       for name, label in DATASET_FILES.items() if name in names)
-    pngs = sorted((name for name in names if name.endswith(".png")),
-                  key=lambda name: (PLOTS.index(name) if name in PLOTS else len(PLOTS), name))  # the funnel first
-    sources = [(name, _e(_url(request, repo, run, "dataset", name))) for name in pngs]
-    plots = "".join(f'<a href="{src}"><img src="{src}" alt="{_e(name)}"></a>' for name, src in sources)
-    return f'<h2>Dataset</h2><p>{links or _missing()}</p><div class="plots">{plots}</div>'
-
-
-def _synthetic_pr(request: Request, repo: str, run: str, status: runs.InstanceStatus) -> str:
-    """yes/no, or which instance's identical patch got the PR instead."""
-    if status.duplicate_of:
-        return "no: duplicate of " + _link(_url(request, repo, run, status.duplicate_of), status.duplicate_of)
-    return _cell(status.synthetic_pr)
-
-
-def _verdict(verdict: dict | None) -> str:
-    """Rollout two's soft verification in one sentence: what share of P1's changed lines P2 has, against what."""
-    if not verdict:
-        return f"<p>{_missing()}</p>"
-    outcome = "resolved" if verdict.get("resolved") else "not resolved"
-    return (f"<p>Recall <b>{_cell(verdict.get('recall'))}</b> of P1's {_cell(verdict.get('target_lines'))} changed "
-            f"lines (P2 changes {_cell(verdict.get('produced_lines'))}), threshold {_cell(verdict.get('threshold'))}: "
-            f"<b>{outcome}</b>.</p>")
+def _plots(names: list[str]) -> list[str]:
+    """Every plot among the dataset's files: those of PLOTS in its order (the funnel first), then any other."""
+    return sorted((name for name in names if name.endswith(".png")),
+                  key=lambda name: (PLOTS.index(name) if name in PLOTS else len(PLOTS), name))
 
 
 def _stat(stats: dict | None, *keys: str) -> Any:
@@ -344,42 +230,31 @@ def _stat(stats: dict | None, *keys: str) -> Any:
     return value
 
 
-def _errors(errors: dict[str, str]) -> str:
-    return "<br>".join(f'<span class="error" title="{_e(message)}">{_e(stage)}</span>'
-                       for stage, message in errors.items()) or ""
-
-
-def _trajectory(messages: list[runs.Message] | None) -> str:
-    if messages is None:
-        return f"<p>{_missing()}</p>"
-    items = []
-    for number, message in enumerate(messages, 1):
-        calls = "".join(f"<pre>{_e(call)}</pre>" for call in message.tool_calls)
-        command = f"<code>{_e(_short(message.tool_calls[0], 80))}</code>" if message.tool_calls else ""
-        items.append(f"<details><summary>#{number} <b>{_e(message.role)}</b> {_e(_preview(message.content))}"
-                     f"{command}</summary>"
-                     f"<pre>{_e(message.content)}</pre>{calls}</details>")
-    return f"<p>{len(messages)} messages</p>" + "".join(items)
-
-
 def _preview(content: str) -> str:
     """A message's first line of text: wrapper tags (`<pr_description>`, `<output>`) dropped, a tool's return code
-    kept as `[exit N]`, so that the collapsed list tells the turns apart."""
+    kept as `[exit N]`, so that the collapsed list tells the turns apart (the `preview` filter)."""
     code = _RETURNCODE.search(content)
     lines = (_TAG.sub("", line).strip() for line in _RETURNCODE.sub("", content).splitlines())
     return _short((f"[exit {code.group(1)}] " if code else "") + next((line for line in lines if line), ""), 100)
 
 
 def _short(text: str, limit: int) -> str:
-    """At most about `limit` characters, cut after a whole word."""
+    """At most about `limit` characters, cut after a whole word (the `short` filter)."""
     return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
-def _page(request: Request, title: str, crumbs: list[tuple[str, str]], body: str, *, badge: str | None = None,
-          status_code: int = 200) -> HTMLResponse:
-    """A whole page: breadcrumbs (text, href) back to the index, the title, and `body` (already HTML)."""
-    nav = " / ".join([_link(_url(request), "SERA datasets")] + [_link(href, text) for text, href in crumbs])
-    heading = _e(title) + (" " + _badge(badge) if badge else "")
-    return HTMLResponse(
-        f'<!doctype html><html><head><meta charset="utf-8"><title>{_e(title)}</title><style>{STYLE}</style>'
-        f"</head><body><nav>{nav}</nav><h1>{heading}</h1>{body}</body></html>", status_code=status_code)
+# Next to this module wherever the plugins folder goes (the images copy plugins/ whole). Autoescape stays on for the
+# HTML the templates write; `finalize` escapes each printed value, so none needs `|e` and none may be `|safe`.
+_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("sera_viewer_templates")), autoescape=True,
+                         undefined=StrictUndefined, finalize=_escape, trim_blocks=True, lstrip_blocks=True)
+_TEMPLATES.filters.update(plain=_plain, preview=_preview, short=_short)
+_TEMPLATES.globals.update(stat=_stat)
+
+
+def _page(request: Request, template: str, title: str, crumbs: list[tuple[str, str]], *,
+          title_badge: str | None = None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A whole page: `template` extends base.html.j2, which shows the breadcrumbs (text, href) back to the index and
+    the title with an optional badge; `url(*names)` in the templates is `_url` for this request."""
+    page = _TEMPLATES.get_template(template).render(url=partial(_url, request), title=title, crumbs=crumbs,
+                                                     title_badge=title_badge, **context)
+    return HTMLResponse(page, status_code=status_code)
