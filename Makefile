@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv testdata demo test lint bench services-start services-stop
+.PHONY: venv testdata demo test test-fast docs lint bench services-start services-stop
 
 venv:
 	scripts/setup_venv.sh
@@ -14,8 +14,16 @@ testdata: venv
 	scripts/fetch_test_data.sh
 	scripts/fetch_platform_wheels.sh --if-docker
 
-test: venv testdata
-	$(PY) -m pytest
+# The full suite as CI runs it: as root it also installs and starts what the tests need (scripts/test.sh).
+test:
+	scripts/test.sh
+
+# Everyday work: unit and DAG-integrity tests, no engine, no live Airflow, no downloads.
+test-fast: venv
+	$(PY) -m pytest tests/unit tests/dags -m "not docker and not slow" -q
+
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 lint: venv
 	$(VENV)/bin/ruff check sera_ops dags plugins tests bench scripts

@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sera_ops import pipeline  # noqa: E402
-from sera_ops.config import load_platform, load_repos  # noqa: E402
-from sera_ops.pipeline import RunContext, RunParams  # noqa: E402
+from sera_ops.pipeline.context import RunContext, RunParams  # noqa: E402
+from sera_ops.settings import load_platform, load_repos  # noqa: E402
 from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 

@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sera_ops import images, sources  # noqa: E402
-from sera_ops.config import ImageSettings, RegistrySettings, RepoSpec  # noqa: E402
+from sera_ops.build import images  # noqa: E402
+from sera_ops.settings import ImageSettings, RegistrySettings, RepoSpec  # noqa: E402
+from sera_ops.sources import repos  # noqa: E402
 from sera_ops.testing.sdist_history import build_history  # noqa: E402
 from sera_ops.testing.wheelhouse import Wheelhouse  # noqa: E402
 
@@ -48,7 +49,7 @@ def build_all(client, work: Path, commits: list[str], wheelhouse: Wheelhouse, la
     recipe = images.build_recipe(settings, spec)
     seconds = []
     for commit in commits:
-        snapshot = sources.snapshot(work / "flask", commit, work / "snapshots" / commit, repo)
+        snapshot = repos.snapshot(work / "flask", commit, work / "snapshots" / commit, repo)
         started = time.perf_counter()
         images.build_commit_image(client, recipe, commit=commit, snapshot_dir=Path(snapshot.workdir),
                                   top_level_folder=spec.top_level_folder, registry=RegistrySettings(push=False),

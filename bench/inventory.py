@@ -1,6 +1,6 @@
 """Function inventory speed and coverage on Django, against code2flow (the call-graph tool SERA ran per commit).
 
-Both sides read the same files: `sera_ops.functions.code_files` of the `django` folder at depth <= 3 with tests
+Both sides read the same files: `sera_ops.build.inventory.code_files` of the `django` folder at depth <= 3 with tests
 skipped, handed to code2flow 2.5.1's Python API as an explicit list (`no_trimming=True`, JSON output). Django 5.1 and
 5.2 are committed one after the other to a git repository and snapshotted the way the pipeline does, so that:
 
@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 import code2flow  # noqa: E402
 
-from sera_ops import functions, sources  # noqa: E402
+from sera_ops import records
+from sera_ops.build import inventory
+from sera_ops.sources import repos  # noqa: E402
 
 CACHE = ROOT / "var" / "bench-cache"
 VERSIONS = ("5.1", "5.2")  # committed in this order
@@ -61,7 +63,7 @@ def git_repo(work: Path) -> tuple[Path, list[str]]:
     edits one file of the last version, and the commit ids."""
     repo = work / "django-src"
     repo.mkdir()
-    sources.git("init", "--quiet", cwd=repo)
+    repos.git("init", "--quiet", cwd=repo)
     commits = []
     for version in VERSIONS:
         for entry in repo.iterdir():
@@ -72,13 +74,13 @@ def git_repo(work: Path) -> tuple[Path, list[str]]:
         (top,) = (work / version).iterdir()  # Django-<version>/
         for entry in top.iterdir():
             entry.rename(repo / entry.name)
-        sources.git("add", "--all", cwd=repo)
-        sources.git(*sources.SNAPSHOT_IDENTITY, "commit", "--quiet", "-m", f"Django {version}", cwd=repo)
-        commits.append(sources.git("rev-parse", "HEAD", cwd=repo).decode().strip())
+        repos.git("add", "--all", cwd=repo)
+        repos.git(*repos.SNAPSHOT_IDENTITY, "commit", "--quiet", "-m", f"Django {version}", cwd=repo)
+        commits.append(repos.git("rev-parse", "HEAD", cwd=repo).decode().strip())
     with (repo / EDITED).open("a", encoding="utf-8") as handle:
         handle.write("\n\ndef added_by_the_benchmark():\n    return None\n")
-    sources.git(*sources.SNAPSHOT_IDENTITY, "commit", "--quiet", "--all", "-m", f"edit {EDITED}", cwd=repo)
-    commits.append(sources.git("rev-parse", "HEAD", cwd=repo).decode().strip())
+    repos.git(*repos.SNAPSHOT_IDENTITY, "commit", "--quiet", "--all", "-m", f"edit {EDITED}", cwd=repo)
+    commits.append(repos.git("rev-parse", "HEAD", cwd=repo).decode().strip())
     return repo, commits
 
 
@@ -99,7 +101,7 @@ def code2flow_nodes(workdir: Path, files: list[str], output: Path) -> list[dict]
     return list(json.loads(output.read_text())["graph"]["nodes"].values())
 
 
-def coverage(ours: list[functions.StartFunction], nodes: list[dict]) -> tuple[int, int]:
+def coverage(ours: list[records.StartFunction], nodes: list[dict]) -> tuple[int, int]:
     """(code2flow functions, of which we find); see the module docstring for the matching."""
     by_name = {(Path(f.file).stem, f.name) for f in ours}
     by_line = {(Path(f.file).stem, f.line) for f in ours}
@@ -122,17 +124,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sera-bench-inventory-") as scratch:
         work = Path(scratch)
         repo, commits = git_repo(work)
-        old, new, edited = (Path(sources.snapshot(repo, commit, work / "snapshots" / commit, "django").workdir)
+        old, new, edited = (Path(repos.snapshot(repo, commit, work / "snapshots" / commit, "django").workdir)
                             for commit in commits)
         blobs = work / "cache" / "inventory" / "blobs.json"
 
         def clear_cache() -> None:
             blobs.unlink(missing_ok=True)
 
-        def ours(workdir: Path) -> list[functions.StartFunction]:
-            return functions.list_functions(workdir, FOLDERS, MAX_DEPTH, blob_cache=blobs)
+        def ours(workdir: Path) -> list[records.StartFunction]:
+            return inventory.list_functions(workdir, FOLDERS, MAX_DEPTH, blob_cache=blobs)
 
-        files = functions.code_files(new, FOLDERS, MAX_DEPTH)
+        files = inventory.code_files(new, FOLDERS, MAX_DEPTH)
         nodes: list[dict] = []  # code2flow's answer, kept from its last timed run
 
         def run_code2flow() -> None:

@@ -38,14 +38,15 @@ os.environ.update({"AIRFLOW_HOME": str(_SCRATCH / "airflow"), "AIRFLOW__CORE__LO
 
 import yaml  # noqa: E402
 
-from sera_ops import pipeline, prompts, synth  # noqa: E402
-from sera_ops.config import load_platform, load_repos  # noqa: E402
-from sera_ops.functions import Instance  # noqa: E402
-from sera_ops.images import ImageRef  # noqa: E402
-from sera_ops.pipeline import RunContext, RunParams  # noqa: E402
-from sera_ops.rollouts import run_episode  # noqa: E402
-from sera_ops.store import read_json  # noqa: E402
-from sera_ops.teachers import TeacherClient  # noqa: E402
+from sera_ops import pipeline, prompts  # noqa: E402
+from sera_ops.build.images import ImageRef  # noqa: E402
+from sera_ops.pipeline.context import RunContext, RunParams  # noqa: E402
+from sera_ops.records import Instance  # noqa: E402
+from sera_ops.rollouts.episode import EpisodeSpec, EpisodeTeacher, run_episode  # noqa: E402
+from sera_ops.rollouts.teacher import TeacherClient  # noqa: E402
+from sera_ops.settings import load_platform, load_repos  # noqa: E402
+from sera_ops.store.io import read_json  # noqa: E402
+from sera_ops.synth import judge, writer
 from sera_ops.testing.dry_run import dry_run_platform  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 
@@ -116,22 +117,22 @@ def plain_loop(platform: Path, work: Path, instances: int, workers: int) -> floa
     pipeline.prepare(ctx)
     chosen = [Instance.from_dict(record) for record in ctx.store.instance_records()]
     images = {i.commit: ImageRef.from_dict(read_json(ctx.store.image(i.commit))) for i in chosen}
-    common = {"server": ctx.server, "api_key": ctx.api_key(), "settings": ctx.spec.rollout, "secrets": []}
+    common = {"teacher": EpisodeTeacher(ctx.server, ctx.api_key()), "settings": ctx.spec.rollout}
 
     def one(instance: Instance) -> None:
         client = TeacherClient(ctx.server, ctx.api_key())
         folder = work / "plain" / instance.instance_id
-        template = synth.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
+        template = writer.pick_distinct(prompts.ROLLOUT_ONE_COUNT, ctx.spec.seed, instance.instance_id, "template",
                                        attempt=0)  # the pipeline's first pick: the same episodes on both sides
         task = prompts.render_rollout_one(template, instance.start_fn, instance.start_fn_file)
-        first = run_episode(instance_id=instance.instance_id, stage=1, attempt=0, task=task,
-                            image=images[instance.commit], trajectory_path=folder / "one.json", **common)
-        steps = synth.agent_steps(read_json(folder / "one.json"), ctx.spec.synth.observation_chars)
-        synth.judge_patch(client, ctx.spec.synth, task, steps, first.patch)
-        pr = synth.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, first.patch,
-                                      synth.demo_pool(ctx.spec.synth), 0).synth_pr
-        run_episode(instance_id=instance.instance_id, stage=2, attempt=0, task=pr or task,
-                    image=images[instance.commit], trajectory_path=folder / "two.json", **common)
+        first = run_episode(EpisodeSpec(instance_id=instance.instance_id, stage=1, attempt=0, task=task,
+                                        image=images[instance.commit], trajectory_path=folder / "one.json", **common))
+        steps = judge.agent_steps(read_json(folder / "one.json"), ctx.spec.synth.observation_chars)
+        judge.judge_patch(client, ctx.spec.synth, task, steps, first.patch)
+        pr = writer.write_synthetic_pr(client, ctx.spec.synth, instance.instance_id, steps, first.patch,
+                                      writer.demo_pool(ctx.spec.synth), 0).synth_pr
+        run_episode(EpisodeSpec(instance_id=instance.instance_id, stage=2, attempt=0, task=pr or task,
+                                image=images[instance.commit], trajectory_path=folder / "two.json", **common))
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:

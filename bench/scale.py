@@ -23,9 +23,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="sera-bench-scale-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from sera_ops.config import load_platform, load_repos  # noqa: E402
-from sera_ops.functions import Instance  # noqa: E402
-from sera_ops.planner import plan_batches  # noqa: E402
+from sera_ops.pipeline.planner import plan_batches  # noqa: E402
+from sera_ops.records import Instance  # noqa: E402
+from sera_ops.settings import load_platform, load_repos  # noqa: E402
 
 DAG_FILE = ROOT / "dags" / "sera_repos.py"
 MAX_MAP_LENGTH = 1024

@@ -8,8 +8,8 @@ task body is wrapped in `fail_fast`: an error retrying cannot fix fails its task
            (several model_servers: batches_<server> ─► per_batch_<server> for each, in that server's pool)
 
 A batch task takes each of its instances through rollout one (judged), the synthetic PR, rollout two and verification
-with no barrier between stages, so the teacher stays busy; batches are sized by `sera_ops.planner` so that a run of
-50,000 instances still maps at most `batching.max_batches` of them.
+with no barrier between stages, so the teacher stays busy; batches are sized by `sera_ops.pipeline.planner` so that a
+run of 50,000 instances still maps at most `batching.max_batches` of them.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from airflow.sdk import Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowSkipException
 from sera_airflow import START, connection_secret, dataset_asset, default_args, fail_fast, storage_root
 
-from sera_ops.config import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos, pool_name
+from sera_ops.settings import ConfigError, PlatformConfig, RepoSpec, load_platform, load_repos, pool_name
 
 log = logging.getLogger(__name__)
 
 
 def _context(platform: PlatformConfig, spec: RepoSpec):
-    from sera_ops.pipeline import RunContext, RunParams
+    from sera_ops.pipeline.context import RunContext, RunParams
 
     context = get_current_context()
     return RunContext.create(platform, spec, context["run_id"], RunParams.from_dict(context["params"]),

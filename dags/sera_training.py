@@ -10,7 +10,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, get_current_context, task
 from sera_airflow import START, dataset_asset, default_args, fail_fast, storage_root, training_pod
 
-from sera_ops.config import PlatformConfig, RepoSpec, load_platform, load_repos
+from sera_ops.settings import PlatformConfig, RepoSpec, load_platform, load_repos
 
 
 def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
@@ -34,7 +34,7 @@ def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
         @task
         @fail_fast
         def prepare_job() -> dict:
-            from sera_ops.train_jobs import prepare_job as prepare
+            from sera_ops.train.jobs import prepare_job as prepare
 
             context = get_current_context()
             params = context["params"]
@@ -50,7 +50,7 @@ def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
             @task
             @fail_fast
             def train(job: dict) -> dict:
-                from sera_ops.train_jobs import TrainJob, run_locally
+                from sera_ops.train.jobs import TrainJob, run_locally
 
                 return run_locally(TrainJob.from_dict({k: v for k, v in job.items() if k != "arguments"}),
                                    storage_root(platform))

@@ -19,9 +19,9 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
-from sera_ops.config import PlatformConfig, RepoSpec, is_storage_url
 from sera_ops.errors import is_permanent
-from sera_ops.store import StorePath
+from sera_ops.settings import PlatformConfig, RepoSpec, is_storage_url
+from sera_ops.store.io import StorePath
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | l
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    from sera_ops.train_jobs import launcher_command
+    from sera_ops.train.jobs import launcher_command
 
     settings = platform.training.kubernetes
     limits = {"cpu": settings.cpu, "memory": settings.memory}

@@ -25,13 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins"))
 
 from sera_ops.cli import explain_unusable_repo  # noqa: E402
-from sera_ops.config import (  # noqa: E402
-    ConfigError,
-    default_platform_path,
-    load_platform,
-    load_repos,
-)
-from sera_ops.store import RepoStore, RunStore  # noqa: E402
+from sera_ops.settings import ConfigError, default_platform_path, load_platform, load_repos
+from sera_ops.store.layout import RepoStore, RunStore  # noqa: E402
 from sera_ops.testing.dry_run import SCRIPTED_SERVER, dry_run_platform  # noqa: E402
 from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402

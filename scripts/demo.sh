@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 started_services=0
-sandbox="$(.venv/bin/python -c 'from sera_ops.config import load_platform; print(load_platform().images.sandbox)' \
+sandbox="$(.venv/bin/python -c 'from sera_ops.settings import load_platform; print(load_platform().images.sandbox)' \
   2>/dev/null || true)"  # an invalid platform file is reported by demo.py
 if [ "$sandbox" = local ]; then
   echo "[demo] images.sandbox is local: rollouts run in the LOCAL sandbox, no Docker engine needed"

@@ -25,22 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from sera_ops import curate, dataset_card, demo_issues
-from sera_ops.config import (
-    ConfigError,
-    GitHubDemoIssues,
-    RepoSpec,
-    load_platform,
-    load_repo,
-    load_repos,
-)
-from sera_ops.demo_issues import DemoIssuesError
+from sera_ops.build.images import ImageBuildError
+from sera_ops.dataset import card, curate
 from sera_ops.errors import PermanentError
-from sera_ops.images import ImageBuildError
-from sera_ops.mirror import MirrorError
-from sera_ops.pipeline import BatchFailed, RunContext, RunParams, run_all
-from sera_ops.sources import SourceError
-from sera_ops.store import RepoStore, atomic_write_text
+from sera_ops.pipeline.context import BatchFailed, RunContext, RunParams
+from sera_ops.pipeline.run import run_all
+from sera_ops.settings import ConfigError, GitHubDemoIssues, RepoSpec, load_platform, load_repo, load_repos
+from sera_ops.sources.mirror import MirrorError
+from sera_ops.sources.repos import SourceError
+from sera_ops.store.io import atomic_write_text
+from sera_ops.store.layout import RepoStore
+from sera_ops.synth import demo_issues
+from sera_ops.synth.demo_issues import DemoIssuesError
 from sera_ops.validation import check_references
 
 USER_ERRORS = (ValueError, SourceError, ImageBuildError, MirrorError, BatchFailed, PermanentError, DemoIssuesError)
@@ -132,7 +128,7 @@ def _scrape_issues(args: argparse.Namespace) -> int:
 
 
 def _push_dataset(args: argparse.Namespace) -> int:
-    files = dataset_card.push_dataset(args.dataset, args.repo_id, private=not args.public, dry_run=args.dry_run)
+    files = card.push_dataset(args.dataset, args.repo_id, private=not args.public, dry_run=args.dry_run)
     visibility = "public" if args.public else "private"
     print(f"{'would upload' if args.dry_run else 'uploaded'} {len(files)} file(s) to the {visibility} dataset "
           f"https://huggingface.co/datasets/{args.repo_id}")

@@ -8,8 +8,8 @@ not at all, a registry push, a Docker engine hiccup) may heal and is retried. Th
 
 from __future__ import annotations
 
-from sera_ops.config import ConfigError
-from sera_ops.sources import SourceError
+from sera_ops.settings import ConfigError
+from sera_ops.sources.repos import SourceError
 
 PERMANENT_KINDS: tuple[type[BaseException], ...] = (ConfigError, SourceError)
 """Errors about the inputs themselves (configuration; a source path, commit or image that cannot be found)."""

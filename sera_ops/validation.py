@@ -1,6 +1,6 @@
 """`sera validate`'s checks beyond the schema: that each source can be read, base images exist, secrets are set.
 
-They talk to git and the Docker engine, so they live here and not in `sera_ops.config`, which stays a leaf that any
+They talk to git and the Docker engine, so they live here and not in `sera_ops.settings`, which stays a leaf that any
 module (and the DAG processor, every 30 s) can import cheaply.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from sera_ops import images
-from sera_ops.config import IMAGE_SOURCES, ConfigError, PlatformConfig, RepoSpec, SecretRef
-from sera_ops.samples import SAMPLE_REPOS
-from sera_ops.sources import GIT_ENV
+from sera_ops.build import images
+from sera_ops.settings import IMAGE_SOURCES, ConfigError, PlatformConfig, RepoSpec, SecretRef
+from sera_ops.sources.repos import GIT_ENV
+from sera_ops.sources.samples import SAMPLE_REPOS
 
 
 class Finding(BaseModel):
@@ -132,7 +132,7 @@ def _image_problem(client: Any, image: str) -> str | None:
 
 
 def _source_findings(file: str, source: str) -> list[Finding]:
-    """Whether the resolved `source` can be read from here, as `sources.materialize` will need to."""
+    """Whether the resolved `source` can be read from here, as `sources.repos.materialize` will need to."""
     def error(problem: str) -> list[Finding]:
         return [Finding(level="error", file=file, field="source", problem=problem)]
 

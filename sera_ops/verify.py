@@ -7,9 +7,11 @@ P2 as long as P1 changed something.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+
+from sera_ops.records import Verdict
 
 _HUNK_HEADER = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 
@@ -82,21 +84,6 @@ def is_resolved(target_patch: str, produced_patch: str, threshold: float) -> boo
     return recall is not None and recall >= threshold
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The soft-verification outcome of one instance, as stored next to its rollouts."""
-
-    instance_id: str
-    recall: float | None
-    threshold: float
-    resolved: bool
-    target_lines: int
-    produced_lines: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def verify(instance_id: str, target_patch: str, produced_patch: str, threshold: float) -> Verdict:
     return Verdict(
         instance_id=instance_id,
@@ -106,3 +93,12 @@ def verify(instance_id: str, target_patch: str, produced_patch: str, threshold: 
         target_lines=len(changed_lines(target_patch)),
         produced_lines=len(changed_lines(produced_patch)),
     )
+
+
+def patch_fingerprint(patch: str) -> str:
+    """Two patches that change the same lines of the same files get the same fingerprint, whatever their context
+    lines, hunk offsets or whitespace-only changes."""
+    sections = re.split(r"^(?=diff --git )", patch, flags=re.MULTILINE)
+    parts = [f"{section.splitlines()[0] if section.startswith('diff --git ') else ''}\n"
+             + "\n".join(line.rstrip() for line in changed_lines(section)) for section in sections if section.strip()]
+    return hashlib.sha256("\n\0".join(sorted(parts)).encode()).hexdigest()

@@ -3,7 +3,8 @@ import os
 import pathlib
 import tempfile
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+
 _SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="sera-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_SCRATCH / "airflow")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -17,19 +18,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
-
-
-def docker_engine_reachable() -> bool:
-    """True when a Docker engine answers; CI sets SERA_REQUIRE_DOCKER=1 so that a missing engine fails loudly."""
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-        return True
-    except Exception:
-        if os.environ.get("SERA_REQUIRE_DOCKER") == "1":
-            raise
-        return False
 
 
 @pytest.fixture(scope="session")

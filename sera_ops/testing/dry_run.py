@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from sera_ops.config import is_storage_url
-from sera_ops.store import atomic_write_text
+from sera_ops.settings import is_storage_url
+from sera_ops.store.io import atomic_write_text
 
 SCRIPTED_SERVER = "scripted"
 

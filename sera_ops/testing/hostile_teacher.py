@@ -16,14 +16,10 @@ import shlex
 import threading
 from collections.abc import Iterable
 
-from sera_ops.testing.scripted_teacher import (
-    SUBMIT_MARKER,
-    ScriptedTeacher,
-    ScriptedTeacherConfig,
-    _history,
-    _target,
-    _text,
-)
+from sera_ops.testing.scripted_teacher import SUBMIT_MARKER, ScriptedTeacher, ScriptedTeacherConfig
+from sera_ops.testing.scripted_teacher.conversation import history as _history
+from sera_ops.testing.scripted_teacher.conversation import message_text as _text
+from sera_ops.testing.scripted_teacher.conversation import target_of as _target
 
 REACHED = "REACHED"
 """Printed by the network attack when a connection succeeded."""

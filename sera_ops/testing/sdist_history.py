@@ -18,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from sera_ops.sources import extract_tar
+from sera_ops.sources.repos import extract_tar
 
 _ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "sdist history",
         "GIT_AUTHOR_EMAIL": "sdist@example.invalid", "GIT_COMMITTER_NAME": "sdist history",
