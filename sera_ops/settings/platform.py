@@ -145,8 +145,8 @@ class MirrorSettings(StrictModel):
     organisation: str = Field(min_length=1)
     """The organisation login the mirrors are created in (SERA's `generate.docker.gh_mirror_org`)."""
     private: bool = True
-    """Create new mirrors private. SERA's mirrors were public whenever the organisation was; an existing mirror's
-    visibility is never changed, only warned about."""
+    """Create new mirrors private (SERA's, made through swesmith, were public). An existing mirror's visibility is
+    never changed, only warned about."""
     token: SecretRef | None = SecretRef(env="GITHUB_TOKEN")
     """The token that creates and pushes to mirrors (needs the `workflow` scope when the history contains
     `.github/workflows`); given to git only through its environment, never in a URL, argv or file. Also the
