@@ -25,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sera_ops.train.trainer import TrainSettings, build_tiny_model, run_sft  # noqa: E402
+from sera_ops.settings.training import TrainSettings  # noqa: E402
+from sera_ops.train.run import run_sft  # noqa: E402
+from sera_ops.train.tiny_model import build_tiny_model  # noqa: E402
 
 SYSTEM = "You are a software engineering agent. Call the bash tool inside <tool_call></tool_call> tags."
 

@@ -25,7 +25,7 @@ from sera_ops.store.io import (
     store_url,
 )
 from sera_ops.store.layout import DatasetFiles, RepoStore, safe_name
-from sera_ops.train.trainer import TRAIN_MODULE
+from sera_ops.train.cli import TRAIN_MODULE
 
 ACCELERATE_CONFIG_DIR = "sera_ops/accelerate"
 """The shipped accelerate configs, relative to the project root: the working directory of the training image
@@ -98,7 +98,7 @@ def run_locally(job: TrainJob, storage_root: StorePath | str) -> dict:
     """The `local` backend: the same training code as the pod, in this process. On object storage the job's
     inputs are copied to a temp dir first and the model uploaded after, its `metrics.json` last: a model folder with
     metrics is complete."""
-    from sera_ops.train.trainer import METRICS_FILE, run_sft
+    from sera_ops.train.run import METRICS_FILE, run_sft
 
     root = store_root(storage_root)
     if is_local(root):

@@ -3,7 +3,7 @@
 Per kind (flip a comparison, bump a numeric constant, negate an `if` test, or guard an argument against None) it
 finds the first place in the function where that edit really changes the syntax tree, both as rollout one writes it
 ("full") and as a partial rollout two writes the same line another way. It is separate from the agent's commands
-because it is the only part that parses Python, under the one lock that makes that safe on the server's threads.
+because it is the only part that runs `ast.parse`, under the one lock that makes it safe on the server's threads.
 """
 
 from __future__ import annotations

@@ -12,22 +12,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from sera_ops.settings.training import TrainSettings
+from sera_ops.train.cli import TRAIN_MODULE, main
 from sera_ops.train.jobs import launcher_command
-from sera_ops.train.trainer import (
-    IGNORE_INDEX,
-    IM_END,
-    TRAIN_MODULE,
-    TrainInputError,
-    TrainSettings,
-    _prepare_checkpoint_dir,
-    build_tiny_model,
-    build_trainer,
-    checkpoint_dir_for,
-    encode_example,
-    last_checkpoint,
-    main,
-    run_sft,
-)
+from sera_ops.train.records import IGNORE_INDEX, IM_END, TrainInputError, encode_example
+from sera_ops.train.run import _prepare_checkpoint_dir, checkpoint_dir_for, last_checkpoint, run_sft
+from sera_ops.train.tiny_model import build_tiny_model
+from sera_ops.train.trainer import build_trainer
 from tests.support import ROOT
 
 SYSTEM = "You are a software engineering agent. Call tools inside <tool_call></tool_call> tags."
