@@ -17,7 +17,7 @@ elif [ "$(id -u)" = 0 ] && scripts/services.sh start; then
   started_services=1
   echo "[demo] the Docker engine and registry started for the demo will be stopped when it ends"
 else
-  echo "[demo] no Docker engine could be started: rollouts will run in the LOCAL sandbox (see README)"
+  echo "[demo] no Docker engine could be started: rollouts will run in the LOCAL sandbox (see docs/threat-model.md)"
 fi
 # Quiet, so that the demo's last line stays `dataset: <path>`.
 cleanup() { if [ "$started_services" = 1 ]; then scripts/services.sh stop >/dev/null 2>&1 || true; fi; }

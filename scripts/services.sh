@@ -32,25 +32,8 @@ export DOCKER_HOST="unix://$SOCKET"
 
 say() { echo "[services] $*"; }
 die() { say "error: $*" >&2; exit 1; }
-
-missing_packages() {
-    local pkg
-    for pkg in "${PACKAGES[@]}"; do
-        [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || echo "$pkg"
-    done
-}
-
-ensure_packages() {
-    local missing
-    mapfile -t missing < <(missing_packages)
-    ((${#missing[@]} == 0)) && return 0
-    if ((EUID != 0)); then
-        die "missing packages (install them as root): ${missing[*]}"
-    fi
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=packages.sh
+source "$ROOT/scripts/packages.sh"
 
 # PID from a pid file, printed only when that process is alive and is the program we expect (guards PID reuse).
 live_pid() {
@@ -188,7 +171,7 @@ stop_service() {
 }
 
 cmd_start() {
-    ensure_packages
+    ensure_packages "${PACKAGES[@]}"
     mkdir -p "$STATE"
     start_dockerd
     start_registry
@@ -217,7 +200,7 @@ load_base_image() {
 }
 
 cmd_start_engine() {
-    ensure_packages
+    ensure_packages "${PACKAGES[@]}"
     mkdir -p "$STATE"
     start_dockerd
     load_base_image

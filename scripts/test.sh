@@ -13,23 +13,8 @@ PY="${SERA_VENV:-$ROOT/.venv}/bin/python"
 started_services=0
 
 say() { echo "[test] $*"; }
-
-missing_packages() {
-    local pkg
-    grep -v '^[[:space:]]*#' scripts/test-packages.txt | while read -r pkg; do
-        [[ -z $pkg ]] && continue
-        [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || echo "$pkg"
-    done
-}
-
-install_packages() {
-    local missing
-    mapfile -t missing < <(missing_packages)
-    ((${#missing[@]} == 0)) && return 0
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=packages.sh
+source "$ROOT/scripts/packages.sh"
 
 finish() {
     local rc=$?
@@ -41,7 +26,8 @@ finish() {
 trap finish EXIT
 
 if ((EUID == 0)); then
-    install_packages
+    mapfile -t packages < <(packages_in scripts/test-packages.txt)
+    ensure_packages "${packages[@]}"
     if scripts/services.sh status >/dev/null 2>&1; then
         say "using the running Docker engine and registry"
     else

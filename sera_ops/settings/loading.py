@@ -42,7 +42,7 @@ def _as_config_error(path: Path, exc: ValidationError) -> ConfigError:
         return ConfigError(path, ctx_error.field, ctx_error.problem)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "unknown setting; check the spelling against the README's configuration reference"
+        message = "unknown setting; check the spelling against the configuration reference (docs/reference/)"
     elif first["type"] == "missing":
         message = "required setting is missing"
     if "input" in first and first["type"] not in ("missing", "extra_forbidden"):

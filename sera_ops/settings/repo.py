@@ -19,7 +19,7 @@ REPO_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
 class PostprocessOptions(BaseModel):
-    """Export options (sera.md §7.3); `reformat` applies to the hermes format only."""
+    """Export options (docs/sera-behaviour.md#export-options); `reformat` applies to the hermes format only."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 

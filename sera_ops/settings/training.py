@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainSettings(BaseModel):
-    """Hyper-parameters; defaults follow SERA's configs (sera.md §8): full-FT lr 1e-5, LoRA r32/α128 at 5e-5."""
+    """Hyper-parameters; defaults follow SERA's configs (docs/sera-behaviour.md#training-recipes): full-FT lr 1e-5, LoRA
+    r32/α128 at 5e-5."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 

@@ -67,7 +67,7 @@ def resolve_token(settings: MirrorSettings, connection_lookup: SecretLookup | No
     """The GitHub token named by `settings.token`, or an error that says where it was looked for."""
     token = resolve_secret(settings.token, connection_lookup)
     if not token:
-        where = settings.token.model_dump(exclude_none=True) if settings.token else "nowhere (mirror.token is unset)"
+        where = settings.token.model_dump(exclude_none=True) if settings.token else "nowhere (github.token is unset)"
         raise MirrorError(f"no GitHub token found for mirroring into '{settings.organisation}': looked in {where}")
     return token
 
@@ -168,10 +168,10 @@ def _organisation(github: Github, settings: MirrorSettings) -> Organization:
         return github.get_organization(settings.organisation)
     except BadCredentialsException:
         raise MirrorError(f"GitHub at {settings.api_url} rejected the token (401 Bad credentials); check the secret "
-                          "configured as mirror.token") from None
+                          "configured as github.token") from None
     except UnknownObjectException:
         raise MirrorError(f"GitHub organisation '{settings.organisation}' was not found at {settings.api_url} (or "
-                          "the token cannot see it); create it or fix mirror.organisation") from None
+                          "the token cannot see it); create it or fix github.organisation") from None
 
 
 def _get_or_create(organisation: Organization, repo_name: str, settings: MirrorSettings) -> tuple[Repository, bool]:

@@ -17,9 +17,7 @@ import threading
 from collections.abc import Iterable
 
 from sera_ops.testing.scripted_teacher import SUBMIT_MARKER, ScriptedTeacher, ScriptedTeacherConfig
-from sera_ops.testing.scripted_teacher.conversation import history as _history
-from sera_ops.testing.scripted_teacher.conversation import message_text as _text
-from sera_ops.testing.scripted_teacher.conversation import target_of as _target
+from sera_ops.testing.scripted_teacher.conversation import history, message_text, target_of
 
 REACHED = "REACHED"
 """Printed by the network attack when a connection succeeded."""
@@ -77,14 +75,14 @@ class HostileTeacher(ScriptedTeacher):
 
     def agent_action(self, task: str, messages: list[dict]) -> tuple[str, str]:
         with self._seen_lock:
-            self._seen += [_text(m.get("content")) for m in messages[-1:] if m.get("role") != "system"]
+            self._seen += [message_text(m.get("content")) for m in messages[-1:] if m.get("role") != "system"]
         attacks = self.attacks
         if self.victims is not None:
-            target = _target(task, self.config)
+            target = target_of(task, self.config)
             if target is None or target.start_fn not in self.victims:
                 return super().agent_action(task, messages)
             attacks = self.victims[target.start_fn]
-        turn = len(_history(messages))
+        turn = len(history(messages))
         if turn < len(attacks):
             return f"Attack {turn + 1}: {attacks[turn]}.", self.command(attacks[turn])
         return "Done attacking; submitting.", f"echo {SUBMIT_MARKER}"

@@ -1,11 +1,12 @@
 """Reading the exported records and encoding them as ChatML token ids, with labels on the trained messages only.
 
-Reads the JSONL records postprocess writes (`{"messages": [{"role", "content", "train"}], ...}`, sera.md §7.4),
-renders them as ChatML and trains only on the messages marked `train: true` (axolotl's `message_field_training`,
-SERA's primary recipe, §8.1): the labels are built here from the `train` keys and handed to TRL as a tokenised
-dataset, because TRL's own `assistant_only_loss` follows roles, not the records' keys. Over-long samples are cut back
-to the last complete trainable turn that fits, as SERA's torchtune-style length filter does (§8.3), instead of being
-dropped whole. The tokenizer is passed in: nothing here imports transformers.
+Reads the JSONL records `dataset.formats` writes (`{"messages": [{"role", "content", "train"}], ...}`; see
+docs/sera-behaviour.md#record-format), renders them as ChatML and trains only on the messages marked `train: true`
+(axolotl's `message_field_training`, SERA's primary recipe, #axolotl-recipe): the labels are built here from the `train`
+keys and handed to TRL as a tokenised dataset, because TRL's own `assistant_only_loss` follows roles, not the records'
+keys. Over-long samples are cut back to the last complete trainable turn that fits, as SERA's torchtune-style length
+filter does (#token-accounting), instead of being dropped whole. The tokenizer is passed in: nothing here imports
+transformers.
 """
 
 from __future__ import annotations
