@@ -18,9 +18,9 @@ testdata: venv
 test:
 	scripts/test.sh
 
-# Everyday work: unit and DAG-integrity tests, no engine, no live Airflow, no downloads.
+# Everyday work: unit and DAG-integrity tests on two workers; no engine, no whole-DAG runs, no downloads.
 test-fast: venv
-	$(PY) -m pytest tests/unit tests/dags -m "not docker and not slow" -q
+	$(PY) -m pytest tests/unit tests/dags -m "not docker and not slow and not e2e" -n 2 -q
 
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve

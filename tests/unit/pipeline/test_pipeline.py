@@ -169,6 +169,7 @@ def test_patch_is_taken_from_the_work_tree_when_the_step_limit_cuts_the_episode(
     assert all(f["patch"].startswith("diff --git") and f["model_calls"] == 3 for f in finals)
 
 
+@pytest.mark.slow
 def test_incremental_runs_skip_what_earlier_runs_covered(tmp_path):
     with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
         first = make_context(tmp_path, teacher.url, "nightly-1")

@@ -65,6 +65,7 @@ def outcomes(ctx: RunContext) -> set[str]:
     return ends
 
 
+@pytest.mark.slow
 def test_batches_spread_by_capacity_and_a_commit_stays_on_one_server(tmp_path):
     with ScriptedTeacher() as first, ScriptedTeacher() as second:
         ctx = two_server_context(tmp_path, first.url, second.url)
@@ -84,6 +85,7 @@ def test_batches_spread_by_capacity_and_a_commit_stays_on_one_server(tmp_path):
         assert not ctx.store.move("any").parent.exists()
 
 
+@pytest.mark.slow
 def test_killing_a_server_mid_run_moves_its_batches_and_loses_nothing(tmp_path, caplog):
     with ScriptedTeacher() as first, ScriptedTeacher() as second:
         ctx, second_url = two_server_context(tmp_path, first.url, second.url), second.url
@@ -144,6 +146,7 @@ def test_model_servers_setting_and_params(tmp_path):
         servers(model_server="scripted", model_servers=["second"])
 
 
+@pytest.mark.e2e
 def test_the_dag_runs_one_batch_group_per_server_and_moves_a_dead_servers_batches(tmp_path, monkeypatch, capfd,
                                                                                   caplog, airflow_db):
     repos = tmp_path / "repos"

@@ -113,6 +113,7 @@ def test_an_instance_over_its_cost_limit_is_stopped_and_recorded(tmp_path):
         assert ledger.spent(instance) == pytest.approx(final["cost_usd"])
 
 
+@pytest.mark.slow
 def test_a_run_over_its_cost_limit_starts_no_new_instance_until_the_limit_is_raised(tmp_path, caplog):
     with ScriptedTeacher(ScriptedTeacherConfig()) as teacher:
         ctx = make_context(tmp_path, teacher.url)
@@ -162,6 +163,7 @@ def _append(directory: str, worker: int) -> None:
         ledger.record(f"i{index % 10}", f"w{worker}", 0.25)
 
 
+@pytest.mark.slow
 def test_the_ledger_sums_parallel_processes_and_reads_only_whole_lines(tmp_path):
     with ProcessPoolExecutor(max_workers=4, max_tasks_per_child=1) as pool:  # four distinct processes
         list(pool.map(_append, [str(tmp_path)] * 4, range(4)))

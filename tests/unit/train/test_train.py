@@ -130,6 +130,7 @@ def test_overlong_sample_is_cut_after_the_last_complete_assistant_turn(tokenizer
     assert encode_example(tokenizer, messages[:2], 10**6) is None
 
 
+@pytest.mark.slow
 def test_tiny_model_is_deterministic_and_reloads_offline(tmp_path, tiny_model):
     corpus = [_chatml(_conversation(index, turns=3)["messages"]) for index in range(8)]
     again = build_tiny_model(tmp_path / "again", corpus)
@@ -349,6 +350,7 @@ def test_checkpoints_of_other_settings_or_data_are_discarded(tmp_path):
     assert last_checkpoint(checkpoints) is None and checkpoints.is_dir()
 
 
+@pytest.mark.slow
 def test_failed_run_keeps_the_previous_output_and_leaves_no_temp_dirs(tmp_path, tiny_model):
     data = _write(tmp_path / "t1.jsonl", [_conversation(0)])
     out = tmp_path / "out"
@@ -407,6 +409,7 @@ def test_launcher_command_per_gpu_count():
         assert str(config.distributed_type).endswith({"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name])
 
 
+@pytest.mark.slow
 def test_cli_round_trip(tmp_path):
     dataset_dir = tmp_path / "dataset"
     _write(dataset_dir / "t1.jsonl", [_conversation(index) for index in range(3)])
