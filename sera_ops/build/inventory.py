@@ -27,32 +27,17 @@ from sera_ops.store.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-
 INVENTORY_FORMAT_VERSION = 2  # 2: no call edges
-
-
 FIRST_INSTANCE_NUMBER = 10000
 
-
 _TEST_DIRECTORIES = frozenset({"tests"})
-
-
 _TEST_MODULES = frozenset({"tests", "conftest"})
-
-
 # Top-level folders never auto-detected as code; `test`/`testing` here are suites (pytest keeps its own in testing/).
 _NOT_CODE_FOLDERS = frozenset({"test", "tests", "testing", "doc", "docs", "example", "examples", "benchmark",
                                "benchmarks", "bench"})
-
-
 _STATEMENT_LISTS = ("body", "orelse", "finalbody", "handlers", "cases")
-
-
 _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # what parses, and how, depends on the grammar
-
-
 _MAX_CACHED_BLOBS = 20_000
-
 
 # (dotted name, line, end line) of each function in one file (lists, once read back from the blob cache).
 _Definitions = list[tuple[str, int, int]]

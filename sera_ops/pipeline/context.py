@@ -68,6 +68,9 @@ class RunParams:
 
 @dataclass
 class RunContext:
+    """One run of one repository: its settings, parameters, store and secrets. The pipeline's steps take it and hand
+    each stage only the pieces that stage needs."""
+
     platform: PlatformConfig
     spec: RepoSpec
     store: RunStore

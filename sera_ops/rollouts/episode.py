@@ -31,7 +31,6 @@ from sera_ops.store.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-
 _reaped_runs: set[str] = set()
 _reap_lock = threading.Lock()
 

@@ -120,8 +120,6 @@ class SpendLedger:
 
 
 _LEDGERS: dict[StorePath, SpendLedger] = {}
-
-
 _LEDGERS_LOCK = threading.Lock()
 
 

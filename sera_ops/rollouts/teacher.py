@@ -21,10 +21,7 @@ from sera_ops.settings import ModelServer
 
 log = logging.getLogger(__name__)
 
-
 NO_KEY = "EMPTY"  # what local vLLM/SGLang servers accept when no key is configured
-
-
 PREFLIGHT_TIMEOUT_S = 10.0
 """The longest a batch waits for its model server's GET /models (less when the server's timeout_s is shorter)."""
 
@@ -40,8 +37,6 @@ class TeacherUnreachable(RuntimeError):
 
 
 _SLOTS: dict[tuple[str, str, int], threading.BoundedSemaphore] = {}
-
-
 _SLOTS_LOCK = threading.Lock()
 
 

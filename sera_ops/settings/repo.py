@@ -216,11 +216,7 @@ class BatchSettings(StrictModel):
 
 IMAGE_SOURCES = ("swebench", "swesmith", "images")
 """`source` values naming existing images instead of a git repository; each reads its own section of the file."""
-
-
 SWEBENCH_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*__[A-Za-z0-9_.-]+-[0-9]+$")
-
-
 SWESMITH_REPO_NAME = re.compile(r"^(?P<owner>[A-Za-z0-9][A-Za-z0-9-]*)__(?P<repo>[A-Za-z0-9_.-]+)\."
                                 r"(?P<commit>[0-9a-f]{8})$")
 

@@ -23,15 +23,10 @@ from upath import UPath
 StorePath = Path | UPath
 """A file in the store: a local `Path`, or a `UPath` on object storage."""
 
-
 STORAGE_OPTIONS_ENV = "SERA_STORAGE_OPTIONS"
 """JSON object of fsspec storage options (e.g. `{"endpoint_url": …}`) for a remote root outside Airflow; inside
 Airflow they come from the connection `storage_conn_id` names. Never from the config file: they may hold secrets."""
-
-
 LOCAL_PROTOCOLS = ("", "file", "local")
-
-
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 

@@ -43,42 +43,18 @@ from sera_ops.store.io import (
 )
 
 COMMITS, MANIFEST, MIRROR = "commits.json", "manifest.json", "mirror.json"
-
-
 INSTANCES, BATCHES, FINGERPRINTS = "instances.json", "batches.json", "fingerprints.json"
-
-
 ROLLOUT_ONE, SYNTH, ROLLOUT_TWO, VERDICT = "rollout1.json", "synth.json", "rollout2.json", "verdict.json"
-
-
 DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY = "duplicate.json", "not_started.json", "rollout2.traj.json"
-
-
 STATS, CARD, CURATION = "stats.json", "README.md", "curation.json"
-
-
 LATEST, DEMO_ISSUES, BLOBS = "latest.json", "demo_issues.json", "blobs.json"
-
-
 TRAINING_JOB, TRAINING_SETTINGS = "job.json", "job_settings.json"
-
-
 ERROR_SUFFIX, JSON_SUFFIX = ".error.json", ".json"
-
-
 SPLITS = ("t1", "t2")
-
-
 PLOT_KINDS = ("funnel", "recall", "turns", "tokens", "commits")
-
-
 PLOTS = tuple(f"{kind}.png" for kind in PLOT_KINDS)
 """The dataset's plot files, the funnel first."""
-
-
 _ATTEMPT_TRAJECTORY = re.compile(r"rollout1\.a(\d+)\.traj\.json")
-
-
 FILE_NAMES = (COMMITS, MANIFEST, MIRROR, INSTANCES, BATCHES, FINGERPRINTS, ROLLOUT_ONE, SYNTH, ROLLOUT_TWO, VERDICT,
               DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY, STATS, CARD, CURATION, LATEST, DEMO_ISSUES, BLOBS,
               TRAINING_JOB, TRAINING_SETTINGS,

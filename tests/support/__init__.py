@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.support import parts
-
 ROOT = Path(__file__).resolve().parents[2]
 """The project's root: the repository checkout the tests run in."""
 
@@ -13,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def docker_engine_reachable() -> bool:
     """True when a Docker engine answers. Where every part was set up (SERA_REQUIRE_PARTS=1: `make test` as root,
     CI), a missing engine is an error, not a reason to take another path."""
+    from tests.support import parts  # not at import: `python -m tests.support.parts` runs that module as __main__
+
     if parts.docker_engine_reachable():
         return True
     if os.environ.get(parts.REQUIRE_ENV) == "1":

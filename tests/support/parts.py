@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 REQUIRE_ENV = "SERA_REQUIRE_PARTS"
-ENABLE = "run `make test` as root: it installs the system packages (scripts/test-packages.txt) and starts the engine"
+ENABLE = ("`sudo make test` (as root it installs the system packages of scripts/test-packages.txt and starts the "
+          "Docker engine and registry)")
 
 
 def docker_engine_reachable() -> bool:
@@ -60,7 +61,7 @@ def require(name: str) -> None:
     part = PARTS[name]
     if part.present():
         return
-    message = f"missing part '{name}' (needed for {part.needed_by}); {ENABLE}"
+    message = f"missing part '{name}' (needed for {part.needed_by}); to have it: {ENABLE}"
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"{message} — but {REQUIRE_ENV}=1 says it was set up")
     pytest.skip(message)
@@ -73,10 +74,12 @@ def missing() -> list[Part]:
 def main() -> int:
     """Print the up-front block: which parts are missing and which tests will skip because of them."""
     absent = missing()
-    if absent:
+    if not absent:
+        print("[test] every part the suite needs is here: no test will skip for want of one")
+    else:
         lines = [f"  - {part.name}: {part.needed_by}" for part in absent]
         print("[test] these parts are missing, so the tests that need them will be SKIPPED:", *lines,
-              f"[test] to run them: {ENABLE}", sep="\n")
+              f"[test] to run them too: {ENABLE}", sep="\n")
     return 0
 
 
