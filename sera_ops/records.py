@@ -32,6 +32,10 @@ class StartFunction:
                    end_line=int(data["end_line"]))
 
 
+EVAL_SPLIT = "eval"
+"""The split of held-out instances."""
+
+
 @dataclass(frozen=True)
 class Instance:
     """One rollout-one starting point: an unmodified repository at `commit`, pointed at one start function."""
@@ -42,13 +46,20 @@ class Instance:
     start_fn: str
     start_fn_file: str
     copy_index: int
+    split: str = "train"
+    """`train`, or `eval` for a held-out instance: it goes through rollout one, the judge and the synthetic PR and
+    becomes an evaluation task (`EvalTask`), never a training record."""
+
+    @property
+    def held_out(self) -> bool:
+        return self.split == EVAL_SPLIT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Instance:
-        return cls(**{field.name: data[field.name] for field in fields(cls)})
+        return from_stored(cls, data)
 
 
 COST_LIMITED = "cost_limited"
@@ -192,3 +203,61 @@ class Duplicate:
 
     duplicate_of: str
     patch: str
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A held-out instance as an evaluation task: the synthetic PR is the problem statement, the commit image the
+    environment, rollout one's patch the reference. Never a training record (see `settings.EvalSettings`)."""
+
+    task_id: str
+    """The held-out instance's id."""
+    repo: str
+    commit: str
+    image: dict
+    """The commit's image record (`build.images.ImageRef` as a dict): where the task's episodes run."""
+    problem_statement: str
+    reference_patch: str
+    start_fn: str
+    start_fn_file: str
+    run_id: str
+    """The generation run that made the task."""
+    test_cmd: str | None = None
+    """The repository's test command (`eval.test_cmd`), run after an episode; None: no tests-pass check."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalTask:
+        return from_stored(cls, data)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One model's episode on one evaluation task with one seed, scored by soft verification."""
+
+    model: str
+    """The label of the evaluated model in the report (e.g. `student`, `base`, `base+guide`, a model server)."""
+    task_id: str
+    seed: int
+    resolved: bool
+    """Changed-line recall against the reference reached the threshold."""
+    recall: float | None
+    threshold: float
+    tests_passed: bool | None
+    """Whether the repository's test command passed after the patch; None: no test command."""
+    exit_status: str
+    patch: str
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    duration_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalResult:
+        return from_stored(cls, data)

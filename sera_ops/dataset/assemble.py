@@ -3,7 +3,8 @@
 t1 holds rollout-one trajectories the judge accepted, t2 rollout-two trajectories whose patch reached the recall
 threshold. A rollout-one patch that another instance already made was collapsed before synthesize (its
 `duplicate.json` names the owner, as SERA deduplicated before stage two) and appears in neither. Records are
-ordered by instance id, so a re-run writes identical files.
+ordered by instance id, so a re-run writes identical files. Held-out instances (split `eval`) are evaluation tasks
+and never records; a record whose patch is an evaluation task's reference patch is dropped too (`held_out`).
 An instance that was due a stage (rollout one always, the PR when judged good, rollout two when it got a PR) but has
 no output from it failed there; stats.json counts those per stage with the most common errors. An instance the run's
 cost limit kept from starting (`not_started.json`) is counted as `not_started`, not as failed.
@@ -21,16 +22,17 @@ from typing import Any
 
 from sera_ops.dataset.card import write_dataset_card
 from sera_ops.dataset.formats import trajectory_to_record
-from sera_ops.records import COST_LIMITED, Rollout, RolloutOne
+from sera_ops.records import COST_LIMITED, EVAL_SPLIT, Rollout, RolloutOne
 from sera_ops.rollouts.spend import SpendLedger
 from sera_ops.settings import PostprocessOptions
 from sera_ops.store.io import atomic_write_jsonl, read_json, store_url
 from sera_ops.store.layout import RunStore
-from sera_ops.verify import changed_lines
+from sera_ops.verify import changed_lines, patch_fingerprint
 
 COUNTED = ("instances", "rollout_one", "rollout_one_attempts", "rollout_one_submitted", "judged_good",
            "duplicate_patches", "synthetic_prs", "rollout_two", "rollout_two_submitted", "verified",
-           "rollout1_errors", "synth_errors", "rollout2_errors", COST_LIMITED, "not_started")
+           "rollout1_errors", "synth_errors", "rollout2_errors", COST_LIMITED, "not_started",
+           "held_out_patches")
 STAGES = ("rollout1", "synth", "rollout2")
 TOP_ERRORS = 3
 USAGE_FIELDS = ("calls", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -82,9 +84,12 @@ def _cost_limited(store: RunStore, instance_id: str, rollout_one: RolloutOne) ->
     return bool(rollout_one.cost_limited or (synthesis and synthesis.cost_limited) or (two and two.cost_limited))
 
 
-def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict:
-    """Write the dataset files and return the statistics (also written as stats.json), `header` first."""
-    instances = sorted(store.instance_records(), key=lambda r: r["instance_id"])
+def assemble(store: RunStore, options: PostprocessOptions, header: dict,
+             held_out: frozenset[str] = frozenset()) -> dict:
+    """Write the dataset files and return the statistics (also written as stats.json), `header` first. `held_out`:
+    fingerprints of evaluation tasks' reference patches, which no record may carry."""
+    instances = sorted((r for r in store.instance_records() if r.get("split", "train") != EVAL_SPLIT),
+                       key=lambda r: r["instance_id"])
     counts: Counter[str] = Counter()
     usage = _Usage()
     failures: list[tuple[str, str]] = []
@@ -115,6 +120,9 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
         if files.duplicate.exists():
             counts["duplicate_patches"] += 1
             continue
+        if patch_fingerprint(final.patch) in held_out:
+            counts["held_out_patches"] += 1
+            continue
         if rec := trajectory_to_record(store.trajectory(iid, final.trajectory_file), iid, options):
             t1.append({**rec, "changed_lines": len(changed_lines(final.patch))})
         synthesis = store.synth(iid)
@@ -137,6 +145,9 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict) -> dict
             continue
         recalls.append(verdict.recall)
         if not verdict.resolved:
+            continue
+        if patch_fingerprint(two.patch) in held_out:
+            counts["held_out_patches"] += 1
             continue
         counts["verified"] += 1
         if rec := trajectory_to_record(read_json(files.rollout_two_trajectory), iid, options):

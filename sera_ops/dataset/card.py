@@ -150,6 +150,23 @@ def _demonstrations(synth: dict) -> str:
     return f"the file {Path(synth['demo_issues']).name}" if synth.get("demo_issues") else "the packaged pool"
 
 
+EVALUATION_START, EVALUATION_END = "<!-- sera:evaluation -->", "<!-- /sera:evaluation -->"
+"""Markers around the card's evaluation results, which `sera_eval__<repo>` fills in and replaces."""
+
+
+def evaluation_section(held: dict | None) -> str:
+    """What the card says about the held-out split; the evaluation DAG adds its table between the markers."""
+    if not held:
+        return (f"No tasks were held out (no `eval:` settings), so no evaluation can be run on this repository's own "
+                f"tasks.\n\n{EVALUATION_START}\n{EVALUATION_END}")
+    return (f"{held['instances']} instances were sampled from held-out start functions, chosen before generation "
+            f"(`eval:` settings) and kept out of every run's training data; {held['tasks']} of them became "
+            f"evaluation tasks (the synthetic PR as the problem statement, the commit image as the environment, "
+            f"rollout one's patch as the reference). None of their instance ids is in `t1` or `t2`, and a record "
+            f"whose patch is a task's reference patch is dropped ({held.get('dropped', 0)} here).\n\n"
+            f"{EVALUATION_START}\nNot evaluated yet: `sera_eval__<repo>` runs after training.\n{EVALUATION_END}")
+
+
 def card_text(stats: dict, commits: list[str], manifest: dict) -> str:
     """The dataset card (README.md): YAML front matter (what `datasets` and the Hub read: a config per split, and the
     run's provenance), then the description. `manifest` is the run's manifest.json (the teacher model, settings)."""
@@ -188,6 +205,10 @@ def card_text(stats: dict, commits: list[str], manifest: dict) -> str:
              ("functions", stats["functions"]), *((label, counts[key]) for key, label in FUNNEL),
              ("duplicate patches (dropped)", counts["duplicate_patches"]), ("mean recall", stats["mean_recall"]),
              *((f"{split} records", records[split]) for split in SPLITS)]
+    held = stats.get("held_out") and {**stats["held_out"], "dropped": stats.get("held_out_patches", 0)}
+    if held:
+        facts.append(("held out for evaluation", f"{held['instances']} instances, {held['tasks']} tasks "
+                                                 f"({held['tasks_in_repo']} in the repository's store)"))
     table = "\n".join(f"| {key} | {'—' if value is None else value} |" for key, value in facts)
     header = yaml.safe_dump(front_matter, sort_keys=False, allow_unicode=True, width=120)
     return f"""---
@@ -233,6 +254,10 @@ user turn in `<tool_response>` tags. Files: `t1.jsonl`/`t2.jsonl` and the same r
 `funnel.png`: instances through the stages; `recall.png`: rollout two's recall against the threshold; `turns.png`
 and `tokens.png`: trajectory lengths in assistant turns and in tokens (estimated by word pieces, not a model's
 tokenizer); `commits.png`: records per commit.
+
+## Evaluation
+
+{evaluation_section(held)}
 
 ## Loading
 

@@ -218,10 +218,12 @@ def _synth_step(ctx: RunContext) -> Step:
 
 
 def _rollout_two_step(ctx: RunContext) -> Step:
-    """A fresh agent on the synthetic PR, from the same pristine image."""
+    """A fresh agent on the synthetic PR, from the same pristine image (not for held-out instances)."""
     secrets = ctx.secrets()
 
     def eligible(instance: Instance) -> bool:
+        if instance.held_out:  # an evaluation task: its PR is the problem statement, rollout one's patch the answer
+            return False
         result = ctx.store.synth(instance.instance_id)
         return bool(result and result.synth_pr)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from sera_ops.build import existing, images
@@ -21,7 +21,9 @@ from sera_ops.build.inventory import (
     list_functions,
     sample_instances,
 )
+from sera_ops.evaluate.holdout import choose_counted, is_held_out, tasks_per_run
 from sera_ops.pipeline.context import RunContext, RunFailed, failure_record, repo_path
+from sera_ops.records import EVAL_SPLIT
 from sera_ops.sources import repos
 from sera_ops.store import history
 from sera_ops.store.io import read_json
@@ -178,20 +180,43 @@ def usable_commits(ctx: RunContext) -> tuple[list[str], list[str]]:
 
 
 def sample(ctx: RunContext) -> int:
+    """The run's instances: training instances from start functions that are not held out, and evaluation instances
+    (split `eval`, ids `<repo>_eval_…`) from those that are (`eval:` settings), both seeded and reproducible."""
     ready, _ = usable_commits(ctx)
     seen = history.seen_functions(ctx.store) if ctx.incremental else set()
-    by_commit, prints = {}, {}
-    for commit in ready:
+    settings = ctx.spec.eval
+    found_by_commit = {commit: inventory_from_json(read_json(ctx.store.repo_store.inventory_path(commit)))
+                       for commit in ready}
+    counted = set(_counted_holdout(ctx, found_by_commit)) if settings.count else set()
+    train, held, prints = {}, {}, {}
+    for commit, found in found_by_commit.items():
         snapshot = ctx.store.repo_store.snapshot_dir(commit)
-        found = inventory_from_json(read_json(ctx.store.repo_store.inventory_path(commit)))
         keyed = {(commit, f.key): history.fingerprint(snapshot, f) for f in found}
-        by_commit[commit] = [f for f in found if keyed[(commit, f.key)] not in seen]
+        fresh = [f for f in found if keyed[(commit, f.key)] not in seen]
+        held[commit] = [f for f in fresh if is_held_out(settings, commit, f, counted)]
+        train[commit] = [f for f in fresh if f not in held[commit]]
         prints.update(keyed)
-    chosen = sample_instances(ctx.spec.name, by_commit, ctx.function_limit, ctx.spec.insts_per_fn,
-                                        ctx.spec.seed)
+    chosen = sample_instances(ctx.spec.name, train, ctx.function_limit, ctx.spec.insts_per_fn, ctx.spec.seed)
+    if settings.holds_out:
+        tasks = sample_instances(f"{ctx.spec.name}_{EVAL_SPLIT}", held, tasks_per_run(settings, ctx.function_limit),
+                                 1, ctx.spec.seed)
+        chosen += [replace(task, repo=ctx.spec.name, split=EVAL_SPLIT) for task in tasks]
+        log.info("repo %s: %d of %d start functions held out, %d evaluation instance(s) sampled", ctx.spec.name,
+                 sum(map(len, held.values())), sum(map(len, found_by_commit.values())), len(tasks))
     ctx.store.write_json(ctx.store.fingerprints,
                          {i.instance_id: prints[(i.commit, f"{i.start_fn_file}::{i.start_fn}")] for i in chosen})
     ctx.store.write_json(ctx.store.instances, [i.to_dict() for i in chosen])
     if not chosen:
         log.info("repo %s: nothing new to roll out", ctx.spec.name)
     return len(chosen)
+
+
+def _counted_holdout(ctx: RunContext, found_by_commit: dict[str, list]) -> list[str]:
+    """`eval.count` held-out function keys: the repository's record, topped up from this run's inventories."""
+    record = ctx.store.repo_store.holdout
+    recorded = ctx.store.read_json(record, {}).get("keys", [])
+    keys = {f.key for found in found_by_commit.values() for f in found}
+    chosen = choose_counted(ctx.spec.eval, keys, recorded)
+    if chosen != recorded:
+        ctx.store.write_json(record, {"keys": chosen, "seed": ctx.spec.eval.seed, "run_id": ctx.store.run_id})
+    return chosen

@@ -6,6 +6,7 @@ import logging
 
 from sera_ops.build.inventory import inventory_from_json
 from sera_ops.dataset import assemble as dataset_files
+from sera_ops.evaluate.tasks import held_out_patches, write_tasks
 from sera_ops.pipeline.batches import make_batches, rollouts
 from sera_ops.pipeline.commits import build_image, inventory, mirror, sample, select_commits, usable_commits
 from sera_ops.pipeline.context import RunContext, RunFailed
@@ -27,7 +28,9 @@ def assemble(ctx: RunContext) -> dict:
         "functions": sum(len(inventory_from_json(read_json(ctx.store.repo_store.inventory_path(c))))
                          for c in ready),
     }
-    stats = dataset_files.assemble(ctx.store, ctx.spec.postprocess, header)
+    if ctx.spec.eval.holds_out:
+        header["held_out"] = write_tasks(ctx.store, ctx.spec.eval.test_cmd)
+    stats = dataset_files.assemble(ctx.store, ctx.spec.postprocess, header, held_out_patches(ctx.store.repo_store))
     failures = stats["failed"]
     if failures["instances"] and not any(stats["records"].values()):
         error, count = next(iter(failures["by_error"].items()))

@@ -78,6 +78,8 @@ class EpisodeSpec:
     confinement: Confinement = Confinement()
     template_index: int | None = None
     """Rollout one's template, recorded with the rollout."""
+    seed: int | None = None
+    """Sent with every model request (OpenAI's `seed`), so that evaluation seeds sample differently."""
 
 
 def run_episode(spec: EpisodeSpec) -> Rollout:
@@ -92,7 +94,7 @@ def run_episode(spec: EpisodeSpec) -> Rollout:
     model = AgentModel(teacher.server, teacher.api_key, temperature=settings.temperature,
                        max_tokens=settings.max_tokens, observation_template=templates["observation_template"],
                        format_error_template=templates["format_error_template"], name=teacher.name,
-                       budget=teacher.budget)
+                       budget=teacher.budget, seed=spec.seed)
     started = time.monotonic()
     error = None
     allow_unconfined = confinement.allow_unconfined_local or trusted_unconfined(teacher.server)

@@ -136,7 +136,7 @@ class AgentModel:
 
     def __init__(self, server: ModelServer, api_key: str | None, *, temperature: float, max_tokens: int | None,
                  observation_template: str, format_error_template: str, name: str = "",
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, seed: int | None = None):
         from minisweagent.models.utils.actions_text import format_observation_messages, parse_regex_actions
         from minisweagent.models.utils.actions_toolcall import (
             BASH_TOOL,
@@ -157,6 +157,8 @@ class AgentModel:
         self.request_kwargs: dict[str, Any] = {"temperature": temperature}
         if max_tokens:
             self.request_kwargs["max_tokens"] = max_tokens
+        if seed is not None:
+            self.request_kwargs["seed"] = seed
         self.config = self  # mini-swe-agent reads `model.config`; everything public here is safe to dump
 
     def query(self, messages: list[dict], **kwargs: Any) -> dict:

@@ -33,12 +33,14 @@ from sera_ops.settings.platform import (
     RegistrySettings,
 )
 from sera_ops.settings.repo import (
+    EVAL_MODELS,
     IMAGE_SOURCES,
     REPO_NAME_PATTERN,
     SWESMITH_REPO_NAME,
     BatchSettings,
     CostLimits,
     CustomImage,
+    EvalSettings,
     GitHubDemoIssues,
     PostprocessOptions,
     RepoSpec,
@@ -52,11 +54,11 @@ from sera_ops.settings.repo import (
 from sera_ops.settings.training import KubernetesSettings, TrainingPlatformSettings, TrainSettings
 
 __all__ = [
-    "BuildEnv", "BatchSettings", "ConfigError", "CostLimits", "CustomImage", "GitHubDemoIssues", "IMAGE_SOURCES",
-    "ImageSettings", "KubernetesSettings", "MirrorSettings", "ModelServer", "PLATFORM_CONFIG_ENV", "PROJECT_ROOT",
-    "PlatformConfig", "PlatformDefaults", "PostprocessOptions", "REPO_NAME_PATTERN", "RegistrySettings", "RepoSpec",
-    "RolloutSettings", "SWESMITH_REPO_NAME", "SandboxLimits", "SecretLookup", "SecretRef", "SweBenchImages",
-    "SweSmithImages", "SynthSettings", "TrainSettings", "TrainingPlatformSettings", "VerifySettings",
-    "default_platform_path", "is_storage_url", "load_platform", "load_repo", "load_repos", "pool_name", "repo_files",
-    "resolve_secret", "resolve_source",
+    "BuildEnv", "BatchSettings", "ConfigError", "CostLimits", "CustomImage", "EVAL_MODELS", "EvalSettings",
+    "GitHubDemoIssues", "IMAGE_SOURCES", "ImageSettings", "KubernetesSettings", "MirrorSettings", "ModelServer",
+    "PLATFORM_CONFIG_ENV", "PROJECT_ROOT", "PlatformConfig", "PlatformDefaults", "PostprocessOptions",
+    "REPO_NAME_PATTERN", "RegistrySettings", "RepoSpec", "RolloutSettings", "SWESMITH_REPO_NAME", "SandboxLimits",
+    "SecretLookup", "SecretRef", "SweBenchImages", "SweSmithImages", "SynthSettings", "TrainSettings",
+    "TrainingPlatformSettings", "VerifySettings", "default_platform_path", "is_storage_url", "load_platform",
+    "load_repo", "load_repos", "pool_name", "repo_files", "resolve_secret", "resolve_source",
 ]

@@ -179,6 +179,58 @@ class VerifySettings(StrictModel):
     `threshold` param overrides it per run."""
 
 
+EVAL_MODELS = ("base", "base+guide", "student", "teacher")
+"""What `sera_eval__<name>` can compare: the trained model's base, the base with the repository guide (AGENTS.md)
+in its task, the trained student, and the repository's teacher."""
+
+
+class EvalSettings(StrictModel):
+    """Held-out evaluation tasks, chosen before any data is made, and how `sera_eval__<name>` scores models on them.
+    Not a SERA setting (SERA evaluated its students by hand on SWE-bench)."""
+
+    fraction: float = Field(0.0, ge=0, lt=1)
+    """Share of start functions held out, chosen by a hash of the seed, file and function name, so every run and
+    commit holds out the same ones. 0 (with no `count` and no `commits`): nothing is held out."""
+    count: int | None = Field(None, ge=1)
+    """Start functions held out instead of a `fraction`: the first run chooses them (by the same hash) and records
+    them in the repository's store, and every later run keeps them out of training."""
+    seed: int = 0
+    """Seed of the held-out choice (not the sampling `seed`, so that changing one never moves the other)."""
+    commits: list[str] = []
+    """Whole commits held out (hashes, at least 7 characters): every instance sampled from them is an evaluation
+    task."""
+    tasks_per_run: int | None = Field(None, ge=1)
+    """Evaluation instances each run samples from the held-out functions; None: the run's function limit times
+    `fraction` (rounded up), `count`, or the function limit for held-out commits."""
+    test_cmd: str | None = None
+    """The repository's test command, run in the task's container after each evaluation episode (exit 0: tests
+    pass); None: no tests-pass column."""
+    seeds: int = Field(3, ge=1, le=20)
+    """Episodes per model and task, each with its own sampling seed; the report gives the mean ± std over them."""
+    student_server: str | None = None
+    """The model server that serves the latest trained model, where the platform does not serve it itself (the
+    `local` training backend; `kubernetes` serves it with vLLM for the evaluation). The DAG's param overrides it."""
+    base_server: str | None = None
+    """The model server that serves the trained model's base (for `base` and `base+guide`)."""
+    models: Annotated[list[Literal["base", "base+guide", "student", "teacher"]], AfterValidator(no_duplicates)] = \
+        list(EVAL_MODELS)
+    """What the evaluation DAG compares when it is not given model servers: see `EVAL_MODELS`. `base`,
+    `base+guide` and `student` need a trained model."""
+
+    @model_validator(mode="after")
+    def _one_way_to_hold_out(self) -> EvalSettings:
+        if self.fraction and self.count:
+            raise FieldProblem("count", "give either fraction or count of held-out start functions, not both")
+        for index, commit in enumerate(self.commits):
+            if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+                raise FieldProblem(f"commits.{index}", f"'{commit}' is not a commit hash (7 to 40 hex digits)")
+        return self
+
+    @property
+    def holds_out(self) -> bool:
+        return bool(self.fraction or self.count or self.commits)
+
+
 class SandboxLimits(StrictModel):
     """What one agent episode may use: a teacher's commands are untrusted code running on the platform's machines.
 
@@ -368,6 +420,8 @@ class RepoSpec(StrictModel):
     """How trajectories become SFT records (t1.jsonl, t2.jsonl)."""
     batching: BatchSettings = BatchSettings()
     """How instances are cut into mapped batch tasks."""
+    eval: EvalSettings = EvalSettings()
+    """The held-out evaluation split (decided before generation) and the evaluation DAG `sera_eval__<name>`."""
     training: TrainSettings | None = None
     """Fine-tuning on this repository's datasets: given, it adds the training DAG `sera_train__<name>`, run after
     every published dataset. None (the default): no training DAG."""

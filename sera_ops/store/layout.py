@@ -15,6 +15,12 @@ Layout (one directory per repository and DAG run; names are filesystem-safe vers
     <root>/<repo>/runs/<run>/dataset/              t1/t2 .jsonl and .parquet, stats.json, README.md, plots
     <root>/<repo>/datasets/latest.json             the latest published dataset (and one pointer per run)
     <root>/<repo>/training/<job>/, models/<job>/   training jobs and their models
+    <root>/<repo>/eval/holdout.json                held-out start functions (`eval.count`), kept for every later run
+    <root>/<repo>/eval/tasks/<id>.json             evaluation tasks made of held-out instances, by every run
+    <root>/<repo>/eval/guides/<commit>.md          the repository guide (AGENTS.md) of a commit, for `base+guide`
+    <root>/<repo>/evals/<run>/                     an evaluation run: plan.json, report.json, report.md, report.png,
+                                                   <model>/results/<task>.s<seed>.json, <model>/results.jsonl,
+                                                   <model>/summary.json, <model>/error.json; evals/latest.json
 
 A file's presence means its step is done, so a retried or cleared task redoes only what is missing.
 
@@ -31,7 +37,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sera_ops.records import Duplicate, InstanceError, NotStarted, Rollout, RolloutOne, Synthesis, Verdict, from_stored
+from sera_ops.records import (
+    Duplicate,
+    EvalTask,
+    InstanceError,
+    NotStarted,
+    Rollout,
+    RolloutOne,
+    Synthesis,
+    Verdict,
+    from_stored,
+)
 from sera_ops.store.io import (
     StorePath,
     atomic_write_json,
@@ -49,6 +65,9 @@ DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY = "duplicate.json", "not_started.
 STATS, CARD, CURATION = "stats.json", "README.md", "curation.json"
 LATEST, DEMO_ISSUES, BLOBS = "latest.json", "demo_issues.json", "blobs.json"
 TRAINING_JOB, TRAINING_SETTINGS = "job.json", "job_settings.json"
+HOLDOUT, EVAL_PLAN, RESULTS, SUMMARY = "holdout.json", "plan.json", "results.jsonl", "summary.json"
+REPORT, REPORT_TEXT, REPORT_PLOT, GUIDE = "report.json", "report.md", "report.png", "AGENTS.md"
+MODEL_METRICS = "metrics.json"
 ERROR_SUFFIX, JSON_SUFFIX = ".error.json", ".json"
 SPLITS = ("t1", "t2")
 PLOT_KINDS = ("funnel", "recall", "turns", "tokens", "commits")
@@ -57,7 +76,8 @@ PLOTS = tuple(f"{kind}.png" for kind in PLOT_KINDS)
 _ATTEMPT_TRAJECTORY = re.compile(r"rollout1\.a(\d+)\.traj\.json")
 FILE_NAMES = (COMMITS, MANIFEST, MIRROR, INSTANCES, BATCHES, FINGERPRINTS, ROLLOUT_ONE, SYNTH, ROLLOUT_TWO, VERDICT,
               DUPLICATE, NOT_STARTED, ROLLOUT_TWO_TRAJECTORY, STATS, CARD, CURATION, LATEST, DEMO_ISSUES, BLOBS,
-              TRAINING_JOB, TRAINING_SETTINGS,
+              TRAINING_JOB, TRAINING_SETTINGS, HOLDOUT, EVAL_PLAN, RESULTS, SUMMARY, REPORT, REPORT_TEXT, REPORT_PLOT,
+              GUIDE, MODEL_METRICS,
               *(f"{split}.{kind}" for split in SPLITS for kind in ("jsonl", "parquet")), *PLOTS)
 """Every fixed file name of the store (tests check that no other module spells one)."""
 
@@ -249,6 +269,95 @@ class RepoStore:
 
     def training_settings_file(self, job: str) -> StorePath:
         return self.training_dir(job) / TRAINING_SETTINGS
+
+    def model_card(self, job: str) -> StorePath:
+        """The model's README.md (the card transformers or peft wrote, with the evaluation table added)."""
+        return self.model_dir(job) / CARD
+
+    def latest_model(self) -> StorePath | None:
+        """The newest complete model (its `metrics.json`, written last, is there), or None before any training."""
+        if not self.models_dir.exists():
+            return None
+        done = [d for d in self.models_dir.iterdir() if (d / MODEL_METRICS).exists()]
+        return max(done, key=lambda d: ((d / MODEL_METRICS).stat().st_mtime, d.name), default=None)
+
+    @property
+    def eval_dir(self) -> StorePath:
+        return self.dir / "eval"
+
+    @property
+    def holdout(self) -> StorePath:
+        return self.eval_dir / HOLDOUT
+
+    @property
+    def tasks_dir(self) -> StorePath:
+        return self.eval_dir / "tasks"
+
+    def task(self, task_id: str) -> StorePath:
+        return self.tasks_dir / f"{safe_name(task_id)}{JSON_SUFFIX}"
+
+    def tasks(self) -> list[EvalTask]:
+        """Every evaluation task any run of the repository made, by id."""
+        if not self.tasks_dir.exists():
+            return []
+        found = [EvalTask.from_dict(read_json(path)) for path in self.tasks_dir.iterdir()
+                 if path.name.endswith(JSON_SUFFIX)]
+        return sorted(found, key=lambda task: task.task_id)
+
+    def guide(self, commit: str) -> StorePath:
+        return self.eval_dir / "guides" / safe_name(commit) / GUIDE
+
+    @property
+    def evals_dir(self) -> StorePath:
+        return self.dir / "evals"
+
+    def evaluation(self, run_id: str) -> EvalRunFiles:
+        return EvalRunFiles(self.evals_dir / safe_name(run_id))
+
+    @property
+    def latest_evaluation(self) -> StorePath:
+        return self.evals_dir / LATEST
+
+
+class EvalRunFiles:
+    """One evaluation run: its plan, one result file per model, task and seed, and the report."""
+
+    def __init__(self, directory: StorePath):
+        self.dir = directory
+
+    @property
+    def plan(self) -> StorePath:
+        return self.dir / EVAL_PLAN
+
+    def model_dir(self, model: str) -> StorePath:
+        return self.dir / safe_name(model)
+
+    def result(self, model: str, task_id: str, seed: int) -> StorePath:
+        return self.model_dir(model) / "results" / f"{safe_name(task_id)}.s{seed}{JSON_SUFFIX}"
+
+    def trajectory(self, model: str, task_id: str, seed: int) -> StorePath:
+        return self.model_dir(model) / "trajectories" / f"{safe_name(task_id)}.s{seed}.traj{JSON_SUFFIX}"
+
+    def results(self, model: str) -> StorePath:
+        return self.model_dir(model) / RESULTS
+
+    def summary(self, model: str) -> StorePath:
+        return self.model_dir(model) / SUMMARY
+
+    def error(self, model: str) -> StorePath:
+        return self.model_dir(model) / f"model{ERROR_SUFFIX}"
+
+    @property
+    def report(self) -> StorePath:
+        return self.dir / REPORT
+
+    @property
+    def report_text(self) -> StorePath:
+        return self.dir / REPORT_TEXT
+
+    @property
+    def report_plot(self) -> StorePath:
+        return self.dir / REPORT_PLOT
 
 
 class RunStore:

@@ -73,14 +73,14 @@ class HostileTeacher(ScriptedTeacher):
         with self._seen_lock:
             return list(self._seen)
 
-    def agent_action(self, task: str, messages: list[dict]) -> tuple[str, str]:
+    def agent_action(self, task: str, messages: list[dict], seed: int | None = None) -> tuple[str, str]:
         with self._seen_lock:
             self._seen += [message_text(m.get("content")) for m in messages[-1:] if m.get("role") != "system"]
         attacks = self.attacks
         if self.victims is not None:
             target = target_of(task, self.config)
             if target is None or target.start_fn not in self.victims:
-                return super().agent_action(task, messages)
+                return super().agent_action(task, messages, seed)
             attacks = self.victims[target.start_fn]
         turn = len(history(messages))
         if turn < len(attacks):

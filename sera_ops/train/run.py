@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from sera_ops.settings.training import TrainSettings
+from sera_ops.store.layout import MODEL_METRICS
 from sera_ops.train.records import IGNORE_INDEX, TrainInputError, chatml_text, encode_files, read_records
 from sera_ops.train.tiny_model import build_tiny_model
 from sera_ops.train.trainer import build_trainer
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from trl import SFTTrainer
 
 BASE_MODEL_DIR = "base_model"  # where a tiny base model is built (checkpoints dir) and published (output)
-METRICS_FILE = "metrics.json"
+METRICS_FILE = MODEL_METRICS
 SETTINGS_FILE = "train_settings.json"
 FINGERPRINT_FILE = "fingerprint.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names

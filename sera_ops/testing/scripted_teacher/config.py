@@ -66,10 +66,12 @@ def stable_fraction(seed: int, *parts: str) -> float:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
 
 
-def rollout_two_mode(config: ScriptedTeacherConfig, pr_text: str) -> str:
-    """The mode (full/partial/none) the teacher plays for a rollout-two task; the same PR text always gets the same."""
+def rollout_two_mode(config: ScriptedTeacherConfig, pr_text: str, request_seed: int | None = None) -> str:
+    """The mode (full/partial/none) the teacher plays for a rollout-two task; the same PR text always gets the same,
+    unless the request carries a `seed` (evaluation seeds): then each seed draws its own."""
     total = sum(config.rollout_two_modes.values())
-    point = stable_fraction(config.seed, "mode", pr_text.strip()) * total
+    seeded = () if request_seed is None else (f"request seed {request_seed}",)
+    point = stable_fraction(config.seed, "mode", *seeded, pr_text.strip()) * total
     chosen = "none"
     for mode in MODES:
         weight = config.rollout_two_modes.get(mode, 0.0)

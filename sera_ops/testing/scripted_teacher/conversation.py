@@ -59,8 +59,9 @@ def first_text(messages: list[dict], role: str) -> str:
     return next((message_text(message.get("content")) for message in messages if message.get("role") == role), "")
 
 
-def target_of(task: str, config: ScriptedTeacherConfig) -> Target | None:
-    """Rollout one when the task holds a known vague prompt; otherwise rollout two, aimed at the PR's "`X` in `Y`"."""
+def target_of(task: str, config: ScriptedTeacherConfig, request_seed: int | None = None) -> Target | None:
+    """Rollout one when the task holds a known vague prompt; otherwise rollout two, aimed at the PR's "`X` in `Y`"
+    (its mode drawn per `request_seed` when the request has one)."""
     rollout_one = match_rollout_one(task)
     if rollout_one is not None:
         start_fn, path = rollout_one
@@ -74,7 +75,7 @@ def target_of(task: str, config: ScriptedTeacherConfig) -> Target | None:
         return None
     kind = next((kind for kind, marker in SYMPTOM_MARKERS.items() if marker in pr_text), None)
     path = named.group(2) if named.re is _PR_TARGET else ""  # "": the PR does not say where; search for it
-    return Target(named.group(1), path, rollout_two_mode(config, pr_text), kind=kind)
+    return Target(named.group(1), path, rollout_two_mode(config, pr_text, request_seed), kind=kind)
 
 
 def _report_index(task: str, start_fn: str, path: str) -> int:

@@ -200,9 +200,9 @@ class ScriptedTeacher(LoopbackServer):
             self._stopping.wait(self.config.stall_s)
         return HTTPStatus.OK, self._completion(request, messages, number)
 
-    def agent_action(self, task: str, messages: list[dict]) -> tuple[str, str]:
-        """(thought, command) of the next agent turn; subclasses play other scripts."""
-        target = target_of(task, self.config)
+    def agent_action(self, task: str, messages: list[dict], seed: int | None = None) -> tuple[str, str]:
+        """(thought, command) of the next agent turn; subclasses play other scripts. `seed`: the request's."""
+        target = target_of(task, self.config, seed)
         if target is not None and target.report is not None:
             target = replace(target, noop=self._attempt(target) == 0 and self.config.noop_first_attempt)
         return next_action(target, history(messages))
@@ -230,7 +230,7 @@ class ScriptedTeacher(LoopbackServer):
             kind, message = "writer", {"role": "assistant", "content": writer_reply(user)}
         else:
             kind = "agent"
-            thought, command = self.agent_action(user, messages)
+            thought, command = self.agent_action(user, messages, request.get("seed"))
             if tools:
                 turn = sum(m.get("role") == "assistant" for m in messages)
                 message = {"role": "assistant", "content": f"THOUGHT: {thought}", "tool_calls": [
