@@ -3,12 +3,13 @@ the repository's dataset Asset: every published dataset triggers a fine-tuning r
 
     prepare_job (resolve the dataset, record the job) ─► train (in-process `local` backend, or a Kubernetes pod that
                                                                runs `accelerate launch` with one process per GPU)
+                                                               ─► the model Asset (sera_eval__<name> runs on it)
 """
 
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from sera_airflow import START, dataset_asset, default_args, fail_fast, storage_root, training_pod
+from sera_airflow import START, dataset_asset, default_args, fail_fast, model_asset, storage_root, training_pod
 
 from sera_ops.settings import PlatformConfig, RepoSpec, load_platform, load_repos
 
@@ -45,9 +46,10 @@ def build_training_dag(platform: PlatformConfig, spec: RepoSpec):
 
         job = prepare_job()
         if platform.training.backend == "kubernetes":
-            job >> training_pod(platform, spec, arguments="{{ ti.xcom_pull(task_ids='prepare_job')['arguments'] }}")
+            job >> training_pod(platform, spec, arguments="{{ ti.xcom_pull(task_ids='prepare_job')['arguments'] }}",
+                                outlets=[model_asset(spec)])
         else:
-            @task
+            @task(outlets=[model_asset(spec)])
             @fail_fast
             def train(job: dict) -> dict:
                 from sera_ops.train.jobs import TrainJob, run_locally

@@ -94,6 +94,11 @@ def dataset_asset(spec: RepoSpec) -> Asset:
     return Asset(name=f"sera_dataset__{spec.name}", uri=f"sera://datasets/{spec.name}")
 
 
+def model_asset(spec: RepoSpec) -> Asset:
+    """The Asset a training DAG's `train` task updates; the repository's evaluation DAG is scheduled on it."""
+    return Asset(name=f"sera_model__{spec.name}", uri=f"sera://models/{spec.name}")
+
+
 class SeraPlugin(AirflowPlugin):
     name = "sera"
 
@@ -130,7 +135,7 @@ def _retire_stale_assets(dag) -> None:
                 and_(AssetActive.name == name, AssetActive.uri != uri) for name, uri in assets))))
 
 
-def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | list[str]):
+def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | list[str], outlets: list | None = None):
     """The `train` task for the kubernetes backend: `accelerate launch --num_processes <gpus> ... -m sera_ops.train
     <arguments>` (one training process per GPU, DDP or FSDP per the repository's `distributed`) in a pod that mounts
     the storage root at the same path (so the job's paths hold) and asks for the configured CPU, memory and GPUs.
@@ -160,4 +165,4 @@ def training_pod(platform: PlatformConfig, spec: RepoSpec, *, arguments: str | l
         volumes=volumes, volume_mounts=mounts, node_selector=settings.node_selector or None,
         service_account_name=settings.service_account, startup_timeout_seconds=settings.startup_timeout_s,
         env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, get_logs=True,
-        on_finish_action="delete_pod")
+        on_finish_action="delete_pod", outlets=outlets or [])

@@ -5,6 +5,8 @@
     sera run tinyledger --max-functions 4 --run-id try-1
     sera trigger tinyledger --conf '{"max_functions": 4}' --wait   on a running Airflow, over its REST API (for CI)
     sera stats tinyledger try-1
+    sera eval tinyledger --model-server my-vllm --seeds 3      the held-out tasks on that server, without a scheduler
+    sera export-tasks tinyledger --format harbor --out tasks/  the held-out tasks for Harbor (or swebench)
     sera pools --out pools.json && airflow pools import pools.json
     sera curate var/store/tinyledger/runs/*/dataset --out curated --filter long_edit=40 --subsample repo:500
     sera scrape-issues acme/ledger -n 200 --labels bug --out ledger-issues.json   then synth.demo_issues: that file
@@ -30,7 +32,16 @@ from sera_ops.dataset import card, curate
 from sera_ops.errors import PermanentError
 from sera_ops.pipeline.context import BatchFailed, RunContext, RunParams
 from sera_ops.pipeline.run import run_all
-from sera_ops.settings import ConfigError, GitHubDemoIssues, RepoSpec, load_platform, load_repo, load_repos
+from sera_ops.settings import (
+    EVAL_MODELS,
+    ConfigError,
+    GitHubDemoIssues,
+    PlatformConfig,
+    RepoSpec,
+    load_platform,
+    load_repo,
+    load_repos,
+)
 from sera_ops.sources.mirror import MirrorError
 from sera_ops.sources.repos import SourceError
 from sera_ops.store.io import atomic_write_text
@@ -71,11 +82,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    platform = load_platform(args.platform)
-    specs, errors = load_repos(platform)
-    spec = next((s for s in specs if s.name == args.repo), None)
-    if spec is None:
-        return explain_unusable_repo(args.repo, specs, errors)
+    found = _configured_repo(args)
+    if isinstance(found, int):
+        return found
+    platform, spec = found
     run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
     params = RunParams(commits=args.commit or [], max_functions=args.max_functions, model_server=args.model_server,
                        threshold=args.threshold)
@@ -83,6 +93,52 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps(stats, indent=2))
     print(f"dataset: {stats['dataset_dir']}")
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sera_ops.pipeline.evaluation import EvalContext, EvalParams, evaluate_all
+
+    found = _configured_repo(args)
+    if isinstance(found, int):
+        return found
+    platform, spec = found
+    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
+    params = EvalParams(models=args.models or [], model_servers=args.model_server or [],
+                        student_server=args.student_server, base_server=args.base_server,
+                        teacher_server=args.teacher_server, model_dir=args.model_dir, seeds=args.seeds)
+    ctx = EvalContext(RunContext.create(platform, spec, run_id), params)
+    report = evaluate_all(ctx)
+    print(ctx.files.report_text.read_text(encoding="utf-8"))
+    print(f"report: {ctx.files.report}")
+    return 1 if report["failed"] else 0
+
+
+def _export_tasks(args: argparse.Namespace) -> int:
+    from sera_ops.evaluate import exports
+
+    found = _configured_repo(args)
+    if isinstance(found, int):
+        return found
+    platform, spec = found
+    tasks = RepoStore(platform.storage_root, spec.name).tasks()
+    if not tasks:
+        print(f"repository '{spec.name}' has no evaluation tasks yet: hold some out with 'eval:' in "
+              f"{spec.source_file} and run it", file=sys.stderr)
+        return 2
+    export = exports.export_harbor if args.format == "harbor" else exports.export_swebench
+    export(tasks, args.out, threshold=spec.verify.threshold)
+    print(f"{len(tasks)} tasks exported for {args.format} to {args.out}")
+    return 0
+
+
+def _configured_repo(args: argparse.Namespace) -> tuple[PlatformConfig, RepoSpec] | int:
+    """The platform and `args.repo`'s settings, or the exit code after saying why the repository cannot run."""
+    platform = load_platform(args.platform)
+    specs, errors = load_repos(platform)
+    spec = next((s for s in specs if s.name == args.repo), None)
+    if spec is None:
+        return explain_unusable_repo(args.repo, specs, errors)
+    return platform, spec
 
 
 def explain_unusable_repo(name: str, specs: list[RepoSpec], errors: list[ConfigError]) -> int:
@@ -276,6 +332,26 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--model-server")
     run.add_argument("--threshold", type=float)
     run.set_defaults(func=_run)
+    evaluation = commands.add_parser("eval", parents=[common],
+                                     help="evaluate models on one repository's held-out tasks in this process")
+    evaluation.add_argument("repo")
+    evaluation.add_argument("--model-server", action="append",
+                            help="a platform model server to evaluate (repeatable); alone, only these are evaluated")
+    evaluation.add_argument("--models", nargs="+", choices=EVAL_MODELS,
+                            help="which of the configured roles to evaluate (default: eval.models)")
+    evaluation.add_argument("--student-server", help="the model server serving the trained model")
+    evaluation.add_argument("--base-server", help="the model server serving its base model")
+    evaluation.add_argument("--teacher-server", help="the teacher's model server (default: the repository's)")
+    evaluation.add_argument("--model-dir", help="a trained model's folder name under models/ (default: the latest)")
+    evaluation.add_argument("--seeds", type=int, help="episodes per model and task (default: eval.seeds)")
+    evaluation.add_argument("--run-id")
+    evaluation.set_defaults(func=_eval)
+    export = commands.add_parser("export-tasks", parents=[common],
+                                 help="write a repository's held-out tasks for Harbor or swebench")
+    export.add_argument("repo")
+    export.add_argument("--format", choices=["harbor", "swebench"], required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=_export_tasks)
     trigger = commands.add_parser(
         "trigger", help=f"trigger sera__<repo> on a running Airflow (REST API v2); auth: ${TOKEN_ENV}, or "
                         f"${USERNAME_ENV} and ${PASSWORD_ENV}")
@@ -332,7 +408,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Progress logs matter for `run`; the other commands print their own results.
-    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if args.command in ("run", "eval") else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

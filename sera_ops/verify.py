@@ -3,6 +3,9 @@
 SERA has no tests to run, so it verifies by line-level recall of the first patch inside the second one. A threshold of 1
 is "hard" (every changed line of P1 reappears in P2, extra lines allowed), 0 < t < 1 is "soft", 0 accepts any non-empty
 P2 as long as P1 changed something.
+
+The recall functions need only the standard library: the evaluation exports ship this file as it is to harnesses
+outside the platform (`evaluate.exports`), so only `verify`, which builds the platform's record, imports the project.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from sera_ops.records import Verdict
+if TYPE_CHECKING:
+    from sera_ops.records import Verdict
 
 _HUNK_HEADER = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
 
@@ -85,6 +90,8 @@ def is_resolved(target_patch: str, produced_patch: str, threshold: float) -> boo
 
 
 def verify(instance_id: str, target_patch: str, produced_patch: str, threshold: float) -> Verdict:
+    from sera_ops.records import Verdict
+
     return Verdict(
         instance_id=instance_id,
         recall=line_recall(target_patch, produced_patch),

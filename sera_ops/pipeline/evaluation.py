@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sera_ops.build.inventory import inventory_from_json
+from sera_ops.errors import PermanentError
 from sera_ops.evaluate.guide import repository_guide
 from sera_ops.evaluate.harness import EvalModel, EvalSetup, EvaluationFailed, evaluate_model
 from sera_ops.evaluate.report import ReportHeader, report_table, update_card, write_report
@@ -28,6 +29,10 @@ from sera_ops.store.layout import EvalRunFiles, RepoStore
 log = logging.getLogger(__name__)
 
 
+class ModelNotServed(PermanentError, EvaluationFailed):
+    """A planned model has no server to evaluate it on: a setting or param to fix, not something a retry heals."""
+
+
 @dataclass(frozen=True)
 class EvalParams:
     """Per-run choices (DAG params / CLI flags); empty or None means "as configured in `eval:`"."""
@@ -35,7 +40,8 @@ class EvalParams:
     models: list[str] = field(default_factory=list)
     """Which of `EVAL_MODELS` to evaluate."""
     model_servers: list[str] = field(default_factory=list)
-    """Further platform model servers, each evaluated under its own name (a hosted model, another teacher)."""
+    """Platform model servers, each evaluated under its own name (a hosted model, another teacher); given without
+    `models`, only they are evaluated."""
     student_server: str | None = None
     base_server: str | None = None
     teacher_server: str | None = None
@@ -94,7 +100,8 @@ def plan(ctx: EvalContext) -> list[str]:
     if unknown:
         raise InvalidParam(f"param 'models': unknown {unknown}; choose from {', '.join(EVAL_MODELS)}")
     model_dir = ctx.model_dir()
-    entries = [_entry(ctx, label) for label in ctx.params.models or spec.eval.models]
+    labels = ctx.params.models or ([] if ctx.params.model_servers else spec.eval.models)
+    entries = [_entry(ctx, label) for label in labels]
     for name in ctx.params.model_servers:
         _server(ctx, "model_servers", name)
         entries.append({"label": name, "server": name, "guided": False, "problem": None})
@@ -165,7 +172,7 @@ def evaluate(ctx: EvalContext, label: str) -> dict:
         raise InvalidParam(f"model '{label}' is not in this evaluation's plan ({store_url(ctx.files.plan)})")
     if entry["problem"]:
         ctx.run.store.write_json(ctx.files.error(label), {"model": label, "server": None, "error": entry["problem"]})
-        raise EvaluationFailed(f"model '{label}': {entry['problem']}")
+        raise ModelNotServed(f"model '{label}': {entry['problem']}")
     tasks = [task for task in ctx.repo.tasks() if task.task_id in set(recorded["tasks"])]
     guides = {commit: ctx.repo.guide(commit).read_text(encoding="utf-8") for commit in {t.commit for t in tasks}
               if ctx.repo.guide(commit).exists()}
@@ -225,3 +232,44 @@ def evaluate_all(ctx: EvalContext) -> dict:
         except EvaluationFailed as exc:
             log.error("%s", exc)
     return report(ctx)
+
+
+SERVING_READY_TIMEOUT_S = 2400.0
+"""How long the vLLM Deployment may take to load the model (its startup probe allows 30 minutes)."""
+
+
+def serve_trained_model(ctx: EvalContext) -> dict:
+    """The `kubernetes` backend's setup step: serve the model under evaluation with vLLM (`train.serving`) and wait
+    until it answers. Returns what the evaluations and the teardown need, as plain data (it travels by XCom): the
+    serving plan and the `served` model servers (the student, and for a LoRA adapter its base from the same server)."""
+    from sera_ops.train import serving
+
+    model_dir = ctx.model_dir()
+    if model_dir is None:
+        raise RunFailed(f"repo {ctx.run.spec.name}: no trained model in {store_url(ctx.repo.models_dir)} to serve; "
+                        f"run sera_train__{ctx.run.spec.name} first")
+    plan = serving.serving_plan_for(ctx.run.platform, ctx.run.spec, model_dir)
+    manifests = serving.vllm_manifests(plan)
+    serving.apply_manifests(manifests)
+    try:
+        serving.wait_ready(plan.name, plan.namespace, SERVING_READY_TIMEOUT_S)
+    except BaseException:  # the teardown gets no plan from a failed setup: nothing may stay behind on the GPUs
+        serving.delete_manifests(manifests)
+        raise
+    servers = {"student": serving.model_server_for(plan)}
+    if plan.lora:
+        servers["base"] = serving.model_server_for(plan, "base")
+    return {"plan": plan.to_dict(), "servers": servers}
+
+
+def stop_serving(served: dict | None) -> None:
+    """The teardown step: delete what `serve_trained_model` created (nothing when it never got that far)."""
+    from sera_ops.train import serving
+
+    if served:
+        serving.delete_manifests(serving.vllm_manifests(serving.ServingPlan.from_dict(served["plan"])))
+
+
+def served_servers(served: dict | None) -> dict[str, ModelServer]:
+    """`EvalContext.served` from `serve_trained_model`'s result."""
+    return {role: ModelServer.model_validate(server) for role, server in ((served or {}).get("servers") or {}).items()}

@@ -110,6 +110,38 @@ def test_training_dag_is_scheduled_on_the_dataset_asset(bag):
     assert [outlet.name for outlet in publish.outlets] == ["sera_dataset__tinyledger"]
 
 
+def test_evaluation_dag_is_scheduled_on_the_trained_model(bag):
+    """The loop closes in Airflow: publish → dataset Asset → training → model Asset → evaluation."""
+    dag = bag.dags["sera_eval__tinyledger"]
+    assert set(dag.task_ids) == {"plan", "evaluate", "report"}
+    assert [asset.name for asset in dag.timetable.asset_condition.objects] == ["sera_model__tinyledger"]
+    assert [outlet.name for outlet in bag.dags["sera_train__tinyledger"].get_task("train").outlets] == [
+        "sera_model__tinyledger"]
+    assert dag.get_task("evaluate").upstream_task_ids == {"plan"}
+    assert dag.get_task("report").trigger_rule == "all_done"  # a model that fails leaves the others' table
+    assert set(dag.params) == {"models", "model_servers", "teacher_server", "student_server", "base_server",
+                               "seeds", "model_dir"}
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag.params.validate()
+    for key, bad in (("models", ["oracle"]), ("model_servers", ["nope"]), ("student_server", "nope"), ("seeds", 0)):
+        with pytest.raises(ParamValidationError):
+            dag.params.get_param(key).resolve(bad)
+
+
+def test_kubernetes_backend_serves_the_student_around_the_evaluations(tmp_path):
+    platform = tmp_path / "platform.yaml"
+    platform.write_text((ROOT / "config" / "platform.yaml").read_text()
+                        .replace("repos_dir: repos", f"repos_dir: {ROOT / 'config' / 'repos'}")
+                        .replace("storage_root: ../var/store", f"storage_root: {tmp_path / 'store'}")
+                        + "training:\n  backend: kubernetes\n  kubernetes: {storage_claim: sera-store}\n")
+    dag = load_bag(platform).dags["sera_eval__tinyledger"]
+    serve, stop = dag.get_task("serve_student"), dag.get_task("stop_serving")
+    assert serve.is_setup and stop.is_teardown
+    assert dag.get_task("plan").upstream_task_ids == {"serve_student"}
+    assert stop.upstream_task_ids == {"serve_student", "evaluate"}
+
+
 class _JobXCom:
     """What the training pod's templated arguments read: prepare_job's return value."""
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sera_ops import pipeline
 from sera_ops.pipeline.context import RunContext, RunParams
-from sera_ops.settings import load_platform, load_repos
+from sera_ops.settings import EvalSettings, load_platform, load_repos
 from sera_ops.testing.dry_run import dry_run_platform
 from tests.support import ROOT
 
@@ -15,7 +15,8 @@ def make_context(tmp_path: Path, teacher_url: str, run_id: str = "run-1", **repo
                                      storage_root=tmp_path / "store", overrides={"images": {"sandbox": "local"}})
     platform = load_platform(platform_file)
     spec = load_repos(platform)[0][0]
-    spec = spec.model_copy(update=repo_overrides)
+    # The sample holds tasks out for evaluation; tests of other stages count instances without them.
+    spec = spec.model_copy(update={"eval": EvalSettings(), **repo_overrides})
     return RunContext.create(platform, spec, run_id, RunParams(max_functions=4))
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from sera_ops import pipeline, verify
 from sera_ops.pipeline.context import BatchFailed, RunContext, RunParams
-from sera_ops.settings import PLATFORM_CONFIG_ENV, load_platform, load_repos
+from sera_ops.settings import PLATFORM_CONFIG_ENV, EvalSettings, load_platform, load_repos
 from sera_ops.store import views
 from sera_ops.store.layout import PLOTS
 from sera_ops.testing.dry_run import dry_run_platform
@@ -28,7 +28,8 @@ SCRIPT = "<script>alert('trajectory')</script>"
 def _context(workdir: Path, store: Path, teacher_url: str, run_id: str) -> RunContext:
     platform = load_platform(dry_run_platform(ROOT / "config" / "platform.yaml", workdir, teacher_url,
                                               storage_root=store, overrides={"images": {"sandbox": "local"}}))
-    return RunContext.create(platform, load_repos(platform)[0][0], run_id, RunParams(max_functions=2))
+    spec = load_repos(platform)[0][0].model_copy(update={"eval": EvalSettings()})  # every instance trains
+    return RunContext.create(platform, spec, run_id, RunParams(max_functions=2))
 
 
 @pytest.fixture(scope="module")
