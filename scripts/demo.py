@@ -1,4 +1,6 @@
-"""Run one repository's DAG end to end with the scripted teacher, then print what the dataset holds.
+"""Run one repository's loop end to end with the scripted teacher: generate (holding tasks out), train the tiny model,
+evaluate base, base + guide, student and teacher on the held-out tasks; then print what the dataset holds and the
+evaluation table.
 
 Invoked by scripts/demo.sh (which sets AIRFLOW_HOME and friends before Airflow is imported). The platform file is
 $SERA_PLATFORM_CONFIG or config/platform.yaml, with the scripted teacher and a local GitHub double swapped in.
@@ -26,9 +28,11 @@ sys.path.insert(0, str(ROOT / "plugins"))
 
 from sera_ops.cli import explain_unusable_repo  # noqa: E402
 from sera_ops.settings import ConfigError, default_platform_path, load_platform, load_repos
+from sera_ops.store.io import read_json_or  # noqa: E402
 from sera_ops.store.layout import RepoStore, RunStore  # noqa: E402
 from sera_ops.testing.dry_run import SCRIPTED_SERVER, dry_run_platform  # noqa: E402
 from sera_ops.testing.local_github import LocalGitHub  # noqa: E402
+from sera_ops.testing.model_server import BASE_MODEL_SUBDIR, LocalModelServer  # noqa: E402
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig  # noqa: E402
 from sera_ops.validation import check_references  # noqa: E402
 
@@ -48,8 +52,9 @@ def main() -> int:
     with ExitStack() as services:
         teacher = services.enter_context(ScriptedTeacher(ScriptedTeacherConfig(rollout_two_modes=_weights(args.modes))))
         github = services.enter_context(LocalGitHub(work / "github", [DEMO_ORG], os.environ["SERA_DEMO_GITHUB_TOKEN"]))
-        platform_file = dry_run_platform(default_platform_path(), work, teacher.url, overrides={
-            "github": {"api_url": github.url, "organisation": DEMO_ORG, "token": {"env": "SERA_DEMO_GITHUB_TOKEN"}}})
+        overrides = {"github": {"api_url": github.url, "organisation": DEMO_ORG,
+                                "token": {"env": "SERA_DEMO_GITHUB_TOKEN"}}}
+        platform_file = dry_run_platform(default_platform_path(), work, teacher.url, overrides=overrides)
         os.environ["SERA_PLATFORM_CONFIG"] = str(platform_file)
         platform = load_platform(platform_file)
         spec = next(spec for spec in load_repos(platform)[0] if spec.name == args.repo)
@@ -70,6 +75,18 @@ def main() -> int:
         elapsed = time.monotonic() - started
         trains = spec.training is not None and str(run.state) == "success"
         training = run_dag(f"sera_train__{args.repo}") if trains else None
+        evaluation = None
+        model_dir = RepoStore(platform.storage_root, args.repo).latest_model()
+        if spec.eval.holds_out and training is not None and str(training.state) == "success" and model_dir:
+            servers = {role: services.enter_context(LocalModelServer(path, role, max_new_tokens=EVAL_REPLY_TOKENS))
+                       for role, path in (("student", model_dir), ("base", model_dir / BASE_MODEL_SUBDIR))}
+            os.environ["SERA_PLATFORM_CONFIG"] = str(dry_run_platform(default_platform_path(), work, teacher.url,
+                                                                      overrides={**overrides, "model_servers": {
+                f"{role}-local": {"base_url": server.base_url, "model": role, "concurrency": 1, "timeout_s": 120}
+                for role, server in servers.items()}}))
+            evaluation = run_dag(f"sera_eval__{args.repo}", {"teacher_server": SCRIPTED_SERVER,
+                                                              "student_server": "student-local",
+                                                              "base_server": "base-local"})
     store = RepoStore(platform.storage_root, args.repo).run(run.run_id)
     stats_file = store.dataset.stats
     if not stats_file.exists():
@@ -84,8 +101,11 @@ def main() -> int:
         print(f"{'training':<13}  none configured (no 'training:' section in {spec.source_file.name})")
     elif training is not None:
         print(training_line(store, training))
+    if evaluation is not None:
+        print(evaluation_lines(store.repo_store, evaluation))
     print(f"dataset: {store.dataset_dir}")
-    return 0 if str(run.state) == "success" and (training is None or str(training.state) == "success") else 1
+    finished = [dag_run for dag_run in (run, training, evaluation) if dag_run is not None]
+    return 0 if all(str(dag_run.state) == "success" for dag_run in finished) else 1
 
 
 def preflight(repo: str) -> bool:
@@ -189,7 +209,18 @@ def training_line(store: RunStore, training: object) -> str:
             f"{result['first_loss']:.3f} -> {result['last_loss']:.3f}, model: {metrics[-1].parent}")
 
 
+def evaluation_lines(repo: RepoStore, evaluation: object) -> str:
+    """The evaluation's table (base, base + guide, student, teacher on the held-out tasks), as the model card has it."""
+    latest = read_json_or(repo.latest_evaluation)
+    if not latest:
+        return f"{'evaluation':<13}  {evaluation.state}"
+    files = repo.evaluation(latest["run_id"])
+    return f"{'evaluation':<13}  {evaluation.state}: {files.report}\n{files.report_text.read_text(encoding='utf-8')}"
+
+
 DEMO_ORG = "sera-demo"
+EVAL_REPLY_TOKENS = 64
+"""The local model servers' cap on a reply: the tiny student's episodes stay seconds long on CPU."""
 
 
 def _weights(text: str) -> dict[str, float]:

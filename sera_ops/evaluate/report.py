@@ -87,7 +87,22 @@ def with_evaluation(card: str, table: str) -> str:
     return f"{card.rstrip()}\n\n## Evaluation\n\n{block}\n"
 
 
-def update_card(card: StorePath, table: str, *, title: str) -> None:
-    """Put the evaluation table into the card at `card` (created with `title` when missing)."""
-    text = card.read_text(encoding="utf-8") if card.exists() else f"# {title}\n"
+TEMPLATE_MARK = "[More Information Needed]"
+"""What the model-card templates of transformers and peft fill every section with."""
+
+
+def update_card(card: StorePath, table: str, *, title: str, facts: list[tuple[str, str]] = ()) -> None:
+    """Put the evaluation table into the card at `card`. A missing card, or the empty template transformers and peft
+    write, is replaced by one of ours (`title`, then `facts` as a table), keeping the template's metadata header."""
+    text = card.read_text(encoding="utf-8") if card.exists() else ""
+    if not text or TEMPLATE_MARK in text:
+        rows = "".join(f"| {name} | {value} |\n" for name, value in facts)
+        text = _front_matter(text) + f"# {title}\n\n" + (f"| | |\n|---|---|\n{rows}" if rows else "")
     atomic_write_text(card, with_evaluation(text, table))
+
+
+def _front_matter(card: str) -> str:
+    """The YAML metadata block that opens a Hugging Face card (`---` … `---`), or nothing."""
+    if card.startswith("---\n") and "\n---\n" in card[4:]:
+        return card[:card.index("\n---\n", 4) + 5] + "\n"
+    return ""

@@ -24,7 +24,7 @@ from sera_ops.records import EvalTask
 from sera_ops.rollouts.episode import Confinement
 from sera_ops.settings import EVAL_MODELS, ModelServer, resolve_secret
 from sera_ops.store.io import atomic_write_text, read_json, store_url
-from sera_ops.store.layout import EvalRunFiles, RepoStore
+from sera_ops.store.layout import MODEL_METRICS, EvalRunFiles, RepoStore
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +216,15 @@ def _update_cards(ctx: EvalContext, model_dir: str | None, table: str) -> None:
     if model_dir is None:
         return
     job_name = Path(model_dir).name
-    update_card(ctx.repo.model_card(job_name), table, title=f"{ctx.run.spec.name} student ({job_name})")
     job = ctx.run.store.read_json(ctx.repo.training_job_file(job_name))
+    metrics = ctx.run.store.read_json(ctx.repo.model_dir(job_name) / MODEL_METRICS) or {}
+    facts = [("repository", ctx.run.spec.name), ("training job", job_name),
+             ("dataset run", (job or {}).get("dataset_run_id", "—")), ("method", metrics.get("method", "—")),
+             ("base model", f"`{metrics.get('base_model', '—')}`"), ("examples", str(metrics.get("examples", "—"))),
+             ("steps", str(metrics.get("steps", "—")))]
+    if "first_loss" in metrics:
+        facts.append(("loss", f"{metrics['first_loss']:.3f} → {metrics['last_loss']:.3f}"))
+    update_card(ctx.repo.model_card(job_name), table, title=f"{ctx.run.spec.name} student ({job_name})", facts=facts)
     if job:
         dataset = ctx.repo.run(job["dataset_run_id"]).dataset
         if dataset.card.exists():

@@ -36,7 +36,9 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("run-state")
     repos = root / "repos"
     repos.mkdir()
-    (repos / f"{REPO}.yaml").write_text((ROOT / "config" / "repos" / "tinyledger.yaml").read_text())
+    sample = yaml.safe_load((ROOT / "config" / "repos" / "tinyledger.yaml").read_text())
+    sample.pop("eval")  # every sampled instance trains: the counts below are of training instances
+    (repos / f"{REPO}.yaml").write_text(yaml.safe_dump(sample))
     return {"store": root / "store", "repos": repos}
 
 

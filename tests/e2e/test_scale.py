@@ -8,7 +8,7 @@ import pytest
 
 from sera_ops import pipeline
 from sera_ops.pipeline.context import RunContext, RunParams
-from sera_ops.settings import load_platform, load_repos
+from sera_ops.settings import EvalSettings, load_platform, load_repos
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.support import ROOT
@@ -26,7 +26,8 @@ def test_every_instance_of_a_large_run_ends_in_exactly_one_place(tmp_path):
             update={"concurrency": 8, "max_retries": 1})
         spec = load_repos(platform)[0][0]
         copies = -(-INSTANCES // 80)
-        spec = spec.model_copy(update={"fns_per_repo": 80, "insts_per_fn": copies, "batching": spec.batching
+        spec = spec.model_copy(update={"fns_per_repo": 80, "insts_per_fn": copies, "eval": EvalSettings(),
+                                       "batching": spec.batching
                                        .model_copy(update={"batch_size": 8, "max_batches": 4})})
         ctx = RunContext.create(platform, spec, "scale", RunParams())
         stats = pipeline.run_all(ctx)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sera_ops.records import EVAL_SPLIT
 from sera_ops.store import views
 from sera_ops.store.layout import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
@@ -57,8 +58,11 @@ def run_dir(store: Path, run_id: str) -> Path:
 
 
 def accounted(store: Path, run_id: str) -> dict[str, str]:
-    """Where each sampled instance of the run ended. Fails on an instance found in two places or in none, and on an
-    instance written twice into the dataset."""
+    """Where each sampled training instance of the run ended. Fails on an instance found in two places or in none,
+    on an instance written twice into the dataset, and on a held-out (evaluation) instance in the dataset; a held-out
+    instance ends as an evaluation task (its synthetic PR) or in an error."""
+    held_out = {record["instance_id"] for record in RunStore(store, "tinyledger", run_id).instance_records()
+                if record.get("split") == EVAL_SPLIT}
     ended = {}
     for status in views.run_detail(store, "tinyledger", run_dir(store, run_id).name).instances:
         places = [f"{stage} error: {reason}" for stage, reason in status.errors.items()]
@@ -66,13 +70,16 @@ def accounted(store: Path, run_id: str) -> dict[str, str]:
             places.append("verified" if status.resolved else "not verified")
         if status.judged_good is False:
             places.append("rejected by the judge")
+        if status.instance_id in held_out and status.synthetic_pr and not places:
+            places.append("held out for evaluation")
         assert len(places) == 1, f"{status.instance_id} ended in {places or 'no place'}"
         ended[status.instance_id] = places[0]
+    trained = {instance: place for instance, place in ended.items() if instance not in held_out}
     for name in ("t1", "t2"):
         lines = (run_dir(store, run_id) / "dataset" / f"{name}.jsonl").read_text().splitlines()
         ids = [json.loads(line)["instance_id"] for line in lines]
-        assert len(ids) == len(set(ids)) and set(ids) <= set(ended), f"{name}.jsonl: {ids}"
-    return ended
+        assert len(ids) == len(set(ids)) and set(ids) <= set(trained), f"{name}.jsonl: {ids}"
+    return trained
 
 
 def when(stamp: str) -> float:
@@ -110,9 +117,15 @@ def test_a_lost_scheduler_is_replaced_and_runs_keep_their_queue_and_store(live):
     workers and their tasks, dies in the middle of the first run's rollouts and a new one is started."""
     stack, _, store = live
     first, second = stack.api.trigger({"max_functions": 4}), stack.api.trigger({"max_functions": 2})
-    instances = run_dir(store, first) / "instances"
-    stack.api.wait_for(lambda: stack.api.task_instance(first, ROLLOUT_ONE, 0).get("state") == "running"
-                       and any(instances.glob("*/rollout1.json")), 300, "rollout one to be half done", 0.2)
+    run_files = RunStore(store, "tinyledger", first)
+
+    def first_batch_half_done() -> bool:  # an instance of batch 0 (the one whose retry is checked) is through rollout 1
+        batches = run_files.read_json(run_files.batches) or {}
+        started = next(iter(batches.values()), {}).get("instances", [])
+        return stack.api.task_instance(first, ROLLOUT_ONE, 0).get("state") == "running" and any(
+            run_files.instance(instance).rollout_one.exists() for instance in started)
+
+    stack.api.wait_for(first_batch_half_done, 300, "rollout one to be half done", 0.2)
     assert stack.api.run(second)["state"] == "queued"
     assert stack.kill("scheduler") > 1  # the scheduler, its LocalExecutor workers and the running task
     stack.start("scheduler")
