@@ -120,10 +120,11 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict,
         if files.duplicate.exists():
             counts["duplicate_patches"] += 1
             continue
-        if patch_fingerprint(final.patch) in held_out:
-            counts["held_out_patches"] += 1
-            continue
-        if rec := trajectory_to_record(store.trajectory(iid, final.trajectory_file), iid, options):
+        # A patch that is an evaluation task's reference makes no record (nor does its PR's rollout two), but what
+        # was spent on it still counts.
+        leaked = patch_fingerprint(final.patch) in held_out
+        counts["held_out_patches"] += leaked
+        if not leaked and (rec := trajectory_to_record(store.trajectory(iid, final.trajectory_file), iid, options)):
             t1.append({**rec, "changed_lines": len(changed_lines(final.patch))})
         synthesis = store.synth(iid)
         if synthesis is None:
@@ -144,7 +145,7 @@ def assemble(store: RunStore, options: PostprocessOptions, header: dict,
         if verdict is None:
             continue
         recalls.append(verdict.recall)
-        if not verdict.resolved:
+        if not verdict.resolved or leaked:
             continue
         if patch_fingerprint(two.patch) in held_out:
             counts["held_out_patches"] += 1

@@ -53,7 +53,7 @@ def report_table(report: dict) -> str:
                     f"{_cell(summary['tests_pass_rate'])} | {summary['tokens_per_task']:g} | "
                     f"${summary['cost_per_task_usd']:.4f} |")
     for failure in report["failed"]:
-        rows.append(f"| {failure['model']} | `{failure.get('server', '—')}` | — | failed: "
+        rows.append(f"| {failure['model']} | `{failure.get('server') or '—'}` | — | failed: "
                     f"{failure['error'].splitlines()[0][:160]} | — | — | — | — |")
     seeds, threshold = report["seeds"], report["threshold"]
     return ("\n".join(rows) + f"\n\n{report['tasks']} held-out tasks of `{report['repo']}`, {seeds} seed"

@@ -168,6 +168,33 @@ def test_run_then_stats(tmp_path, capsys):
     assert main(["--platform", str(platform), "run", "tinyledger", "--model-server", "ghost"]) == 2
 
 
+def test_eval_and_export_tasks_after_a_run(tmp_path, capsys):
+    """The loop without a scheduler: a run holds tasks out (the sample's `eval:`), `sera eval` scores a model server
+    on them and prints the table, `sera export-tasks` writes them for Harbor; before any run both say what to do."""
+    with ScriptedTeacher() as teacher:
+        platform = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, teacher.url,
+                                    storage_root=tmp_path / "store", overrides={"images": {"sandbox": "local"}})
+        assert main(["--platform", str(platform), "export-tasks", "tinyledger", "--format", "harbor",
+                     "--out", str(tmp_path / "harbor")]) == 2
+        assert "no evaluation tasks yet" in capsys.readouterr().err
+        assert main(["--platform", str(platform), "eval", "tinyledger", "--model-server", "scripted"]) == 2
+        assert "no evaluation tasks" in capsys.readouterr().err
+        assert main(["--platform", str(platform), "run", "tinyledger", "--run-id", "cli-1", "--max-functions",
+                     "4"]) == 0
+        capsys.readouterr()
+        assert main(["--platform", str(platform), "eval", "tinyledger", "--model-server", "ghost"]) == 2
+        assert "param 'model_servers'" in capsys.readouterr().err
+        assert main(["--platform", str(platform), "eval", "tinyledger", "--model-server", "scripted", "--seeds", "2",
+                     "--run-id", "eval-1"]) == 0
+    out = capsys.readouterr().out
+    assert "| scripted | `scripted-teacher` on `scripted` |" in out and "2 seeds per model" in out
+    # The local sandbox made no image, and other harnesses need one: the export says so (tests/unit/evaluate
+    # exports tasks that have images).
+    assert main(["--platform", str(platform), "export-tasks", "tinyledger", "--format", "harbor",
+                 "--out", str(tmp_path / "harbor")]) == 2
+    assert "has no container image" in capsys.readouterr().err and not (tmp_path / "harbor").exists()
+
+
 def test_pools_file_has_one_pool_per_model_server(tmp_path, capsys):
     platform = dry_run_platform(ROOT / "config" / "platform.yaml", tmp_path, "http://127.0.0.1:9/v1",
                                 overrides={"model_servers": {"big": {"base_url": "http://127.0.0.1:8/v1", "model": "m",
