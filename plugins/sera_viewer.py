@@ -3,7 +3,9 @@
 Server-side HTML from the run store, rendered with the Jinja2 templates in `sera_viewer_templates/` (a layout, one
 template per page, macros for the repeated pieces): the runs of every repository with their counts, a run's
 statistics, its dataset's files (card, Parquet, JSONL) and plots, per-instance progress, and one instance's task,
-patches, synthetic PR, verdict and both trajectories. Dataset files are served only by name from a fixed list.
+patches, synthetic PR, verdict and both trajectories; beside them each evaluation run (`sera_eval__<repo>`): its
+report's table, failed models, plot and per-task results, or while it runs its plan and the results so far. Dataset
+files are served only by name from a fixed list.
 Trajectories hold whatever the model and the repository printed, so the templates escape every value (autoescape;
 nothing from the store is ever marked safe), and names from the URL go through the run store's checks (anything else
 is a 404). The storage root is read from the platform config on every request, so `SERA_PLATFORM_CONFIG` and config
@@ -19,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +38,7 @@ from markupsafe import Markup
 from sera_ops.settings import load_platform
 from sera_ops.store import views
 from sera_ops.store.io import StorePath, is_local
-from sera_ops.store.layout import CARD, PLOTS, SPLITS, STATS, RepoStore
+from sera_ops.store.layout import CARD, PLOTS, REPORT, REPORT_PLOT, SPLITS, STATS, RepoStore
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -91,7 +94,7 @@ INDEX_COUNTS = {"instances": ("instances",), "judged good": ("judged_good",), "v
 @app.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     root = storage_root()
-    repos = [(repo, views.list_runs(root, repo)) for repo in views.list_repos(root)]
+    repos = [(repo, views.list_runs(root, repo), views.list_evaluations(root, repo)) for repo in views.list_repos(root)]
     return _page(request, "index.html.j2", "SERA datasets", [], root=root, repos=repos, counts=INDEX_COUNTS)
 
 
@@ -101,6 +104,29 @@ def stats_json(repo: str, run: str) -> JSONResponse:
     if detail.stats is None:
         raise views.NotFound(f"run {run} has no statistics yet (not assembled)")
     return JSONResponse(detail.stats)
+
+
+@app.get("/api/{repo}/evals/{run}/report")
+def evaluation_json(repo: str, run: str) -> JSONResponse:
+    """report.json of an evaluation run (404 until it is written)."""
+    return JSONResponse(views.evaluation_report(storage_root(), repo, run))
+
+
+# The evaluation routes come before `/{repo}/{run}/…`, whose run segment would take "evals": a generation run
+# literally named `evals` keeps its run page, but its instance pages are shadowed (run ids are `manual__…`, `cli__…`).
+@app.get("/{repo}/evals/{run}", response_class=HTMLResponse)
+def evaluation_page(request: Request, repo: str, run: str) -> HTMLResponse:
+    detail = views.evaluation_detail(storage_root(), repo, run)
+    return _page(request, "evaluation.html.j2", f"{repo} / evaluation {run}",
+                 [(repo, _url(request) + f"#{quote(repo)}-evaluations")],
+                 title_badge="latest" if detail.is_latest else None, repo=repo, run=run, detail=detail,
+                 facts=_evaluation_facts(detail), report_name=REPORT, plot_name=REPORT_PLOT)
+
+
+@app.get(f"/{{repo}}/evals/{{run}}/{REPORT_PLOT}")
+def evaluation_plot(repo: str, run: str) -> Response:
+    """The report's plot: resolved mean ± std over seeds per model."""
+    return _file(views.evaluation_plot(storage_root(), repo, run), "image/png")
 
 
 @app.get("/{repo}/{run}", response_class=HTMLResponse)
@@ -124,7 +150,11 @@ def dataset_file(repo: str, run: str, name: str) -> Response:
         raise views.NotFound(f"no dataset file {name!r} in run {run}")
     path = RepoStore(root, repo).run(run).dataset.dir / name
     media_type, inline = MEDIA_TYPES[Path(name).suffix]
-    filename = None if inline else f"{repo}-{run}-{name}"
+    return _file(path, media_type, filename=None if inline else f"{repo}-{run}-{name}")
+
+
+def _file(path: StorePath, media_type: str, filename: str | None = None) -> Response:
+    """A file of the store, inline unless `filename` (then a download under that name); never content-sniffed."""
     headers = {"X-Content-Type-Options": "nosniff"}
     if is_local(path):
         return FileResponse(path, media_type=media_type, filename=filename, headers=headers)
@@ -217,6 +247,29 @@ def _summary(stats: dict) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     return funnel, facts
 
 
+def _evaluation_facts(detail: views.EvaluationDetail) -> list[tuple[str, Any]]:
+    """What an evaluation run is: its state, the trained model it is about (its job's name), tasks, seeds, threshold
+    and when it was planned."""
+    episodes = sum(m.episodes for m in detail.models)
+    planned = sum(m.planned_episodes or 0 for m in detail.models if not m.problem)
+    if detail.finished:
+        state = "finished"
+    else:
+        state = f"in progress: {episodes} of {planned or '?'} episodes scored"
+    model_dir = detail.model_dir and str(detail.model_dir).rstrip("/").rsplit("/", 1)[-1]
+    planned_at = _stat(detail.plan, "planned_at")
+    when = (datetime.fromtimestamp(planned_at, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+            if isinstance(planned_at, int | float) else None)
+    return [("state", state), ("trained model", model_dir or "none (the servers as they are)"),
+            ("held-out tasks", len(detail.tasks)), ("seeds", detail.seeds),
+            ("resolved at recall ≥", detail.threshold), ("planned", when)]
+
+
+def _percent(value: Any) -> str:
+    """A share as a percentage with one decimal, as the report's Markdown table has it (the `percent` filter)."""
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) and not isinstance(value, bool) else "—"
+
+
 def _plots(names: list[str]) -> list[str]:
     """Every plot among the dataset's files: those of PLOTS in its order (the funnel first), then any other."""
     return sorted((name for name in names if name.endswith(".png")),
@@ -247,7 +300,7 @@ def _short(text: str, limit: int) -> str:
 # HTML the templates write; `finalize` escapes each printed value, so none needs `|e` and none may be `|safe`.
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).with_name("sera_viewer_templates")), autoescape=True,
                          undefined=StrictUndefined, finalize=_escape, trim_blocks=True, lstrip_blocks=True)
-_TEMPLATES.filters.update(plain=_plain, preview=_preview, short=_short)
+_TEMPLATES.filters.update(plain=_plain, preview=_preview, short=_short, percent=_percent)
 _TEMPLATES.globals.update(stat=_stat)
 
 

@@ -1,4 +1,5 @@
-"""Read-only views of the run store for people: which runs exist, how far each instance got, and what the agents did.
+"""Read-only views of the run store for people: which runs exist, how far each instance got, what the agents did, and
+how each evaluation run's models did on the held-out tasks.
 
 The dataset viewer (plugins/sera_viewer.py) serves these over HTTP, so every name here may come from a URL: it is
 checked against the store's own naming (what `store.layout.safe_name` produces) and the resolved path must stay under
@@ -17,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sera_ops.store.io import StorePath, is_local, store_root
-from sera_ops.store.layout import InstanceFiles, RepoStore, RunStore
+from sera_ops.store.layout import EvalRunFiles, InstanceFiles, RepoStore, RunStore, safe_name
 from sera_ops.verify import changed_lines
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
+_RESULT_FILE = re.compile(r"(.+)\.s(\d+)\.json")  # <task>.s<seed>.json, as `EvalRunFiles.result` names them
 STAGES = ("rollout1", "synth", "rollout2")
 
 
@@ -105,6 +107,66 @@ class InstanceDetail:
     trajectory_two: list[Message] | None
 
 
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """One evaluation run of a repository: a row of the index."""
+
+    repo: str
+    run_id: str  # the evaluation's directory name under <repo>/evals/
+    finished: bool  # report.json exists
+    is_latest: bool  # what <repo>/evals/latest.json points at
+    modified: datetime
+    models: list[str]  # the models' labels: the report's (evaluated, then failed), else the plan's
+    resolved: dict[str, float | None]  # label -> resolved mean over seeds, for the models the report has a row of
+    failed: list[str]  # labels of the models the report lists as failed
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """One model on one task: its episodes over the seeds whose result file exists."""
+
+    task_id: str
+    seeds: list[int]  # seeds with a result file, sorted
+    missing_seeds: list[int]  # planned seeds without one (yet)
+    resolved: int  # episodes that reached the recall threshold
+    mean_recall: float | None
+    tests_passed: int | None  # episodes whose tests passed; None: no episode ran tests
+    exit_statuses: list[str]  # per seed, in seed order
+
+
+@dataclass(frozen=True)
+class ModelResults:
+    """One model of an evaluation run: its state and its per-task results."""
+
+    model: str
+    server: str | None
+    guided: bool
+    problem: str | None  # why the plan could not evaluate it (no server)
+    error: str | None  # <model>/model.error.json: why its evaluation failed
+    evaluated: bool  # <model>/summary.json exists
+    episodes: int  # result files that exist
+    planned_episodes: int | None  # tasks × seeds of the plan; None without a plan
+    tasks: list[TaskResults]
+
+
+@dataclass(frozen=True)
+class EvaluationDetail:
+    repo: str
+    run_id: str
+    finished: bool
+    is_latest: bool
+    report: dict | None  # report.json
+    rows: list[dict]  # the report's summary per evaluated model (`harness.summarize` plus model, server, model_id)
+    failed: list[dict]  # the report's failed models: {model, server, error}
+    plan: dict | None  # plan.json
+    tasks: list[str]  # the plan's task ids (else those the result files name)
+    seeds: list[int]
+    threshold: float | None
+    model_dir: str | None  # the trained model under evaluation (a store URL)
+    models: list[ModelResults]
+    has_plot: bool  # report.png exists
+
+
 def list_repos(root: Path | StorePath) -> list[str]:
     """Repositories that have at least one run directory."""
     root = store_root(root)
@@ -171,6 +233,78 @@ def dataset_files(root: Path | StorePath, repo: str, run: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if _is_name(p.name) and p.is_file() and _inside(store.root, p))
 
 
+def list_evaluations(root: Path | StorePath, repo: str) -> list[EvaluationSummary]:
+    """A repository's evaluation runs, newest first (none before its first `sera_eval` run)."""
+    repo_store = _repo(root, repo)
+    folder = repo_store.evals_dir
+    if not (folder.is_dir() and _inside(repo_store.root, folder)):
+        return []
+    latest = _latest_evaluation(repo_store)
+    summaries = []
+    for path in folder.iterdir():
+        if not (_is_name(path.name) and path.is_dir() and _inside(repo_store.root, path)):
+            continue
+        files = EvalRunFiles(path)
+        report = _read(files.report)
+        if isinstance(report, dict):
+            rows = [r for r in report.get("models") or [] if isinstance(r, dict)]
+            failed = [str(f.get("model")) for f in report.get("failed") or [] if isinstance(f, dict)]
+            models = [str(r.get("model")) for r in rows] + failed
+            resolved = {str(r.get("model")): r.get("resolved_mean") for r in rows}
+        else:
+            models, resolved, failed = [e["label"] for e in _planned(_read(files.plan))], {}, []
+        summaries.append(EvaluationSummary(
+            repo=repo, run_id=path.name, finished=files.report.exists(), is_latest=path.name == latest,
+            modified=_modified_evaluation(files), models=models, resolved=resolved, failed=failed))
+    return sorted(summaries, key=lambda s: (s.modified, s.run_id), reverse=True)
+
+
+def evaluation_detail(root: Path | StorePath, repo: str, run: str) -> EvaluationDetail:
+    """An evaluation run: the report's rows and failures once it is written, the plan's models and tasks, and per
+    model and task what the result files say so far."""
+    files = _evaluation(root, repo, run)
+    root = store_root(root)
+    report = _read(files.report)
+    report = report if isinstance(report, dict) else None
+    plan = _read(files.plan)
+    plan = plan if isinstance(plan, dict) else None
+    rows = [r for r in (report or {}).get("models") or [] if isinstance(r, dict)]
+    failed = [f for f in (report or {}).get("failed") or [] if isinstance(f, dict)]
+    entries = _planned(plan)
+    for label in [str(r.get("model")) for r in rows] + [str(f.get("model")) for f in failed]:
+        if label not in {e["label"] for e in entries}:  # a report without its plan (copied, say)
+            entries.append({"label": label, "server": None, "guided": False, "problem": None})
+    seeds = [s for s in (plan or {}).get("seeds") or [] if isinstance(s, int)]
+    if not seeds and report and isinstance(report.get("seeds"), int):
+        seeds = list(range(report["seeds"]))
+    tasks = [str(t) for t in (plan or {}).get("tasks") or []]
+    models = [_model_results(root, files, entry, tasks, seeds, plan is not None) for entry in entries]
+    if not tasks:
+        tasks = sorted({t.task_id for m in models for t in m.tasks})
+    source = report or plan or {}
+    return EvaluationDetail(
+        repo=repo, run_id=run, finished=report is not None, is_latest=run == _latest_evaluation(RepoStore(root, repo)),
+        report=report, rows=rows, failed=failed, plan=plan, tasks=tasks, seeds=seeds,
+        threshold=source.get("threshold"), model_dir=source.get("model_dir"), models=models,
+        has_plot=_is_file(root, files.report_plot))
+
+
+def evaluation_report(root: Path | StorePath, repo: str, run: str) -> dict:
+    """report.json of an evaluation run; NotFound until the run wrote it."""
+    report = _read(_evaluation(root, repo, run).report)
+    if not isinstance(report, dict):
+        raise NotFound(f"evaluation {run} has no report yet (not finished)")
+    return report
+
+
+def evaluation_plot(root: Path | StorePath, repo: str, run: str) -> StorePath:
+    """report.png of an evaluation run; NotFound when there is none (not finished, or no model was evaluated)."""
+    files = _evaluation(root, repo, run)
+    if not _is_file(store_root(root), files.report_plot):
+        raise NotFound(f"evaluation {run} has no plot")
+    return files.report_plot
+
+
 # ---------------------------------------------------------------- helpers
 
 
@@ -206,6 +340,99 @@ def _run(root: Path | StorePath, repo: str, run: str) -> RunStore:
     store = _repo(root, repo).run(run)
     _existing(store.root, store.run_dir, f"{repo}/{run}")
     return store
+
+
+def _evaluation(root: Path | StorePath, repo: str, run: str) -> EvalRunFiles:
+    """The evaluation run's files, when `run` names an existing evaluation of `repo`, else NotFound."""
+    if not _is_name(run):
+        raise NotFound(f"invalid evaluation name {run!r}")
+    repo_store = _repo(root, repo)
+    files = repo_store.evaluation(run)
+    _existing(repo_store.root, files.dir, f"{repo}/evals/{run}")
+    return files
+
+
+def _is_file(root: StorePath, path: StorePath) -> bool:
+    return path.is_file() and _inside(root, path)
+
+
+def _planned(plan: Any) -> list[dict]:
+    """The plan's model entries ({label, server, guided, problem}), the malformed ones left out."""
+    entries = (plan or {}).get("models") if isinstance(plan, dict) else None
+    return [{"label": str(e["label"]), "server": e.get("server"), "guided": bool(e.get("guided")),
+             "problem": e.get("problem")} for e in entries or [] if isinstance(e, dict) and e.get("label")]
+
+
+def _model_results(root: StorePath, files: EvalRunFiles, entry: dict, tasks: list[str], seeds: list[int],
+                   planned: bool) -> ModelResults:
+    """What one model's folder holds: its error, whether it was summarized, and its results by task."""
+    label = entry["label"]
+    folder = files.model_dir(label)
+    inside = folder.is_dir() and _inside(root, folder)
+    error = _read(files.error(label)) if inside else None
+    if isinstance(error, dict):
+        error = str(error.get("error", error))
+    results = _results(root, files, label) if inside else []
+    by_task: dict[str, list[dict]] = {}
+    for result in results:
+        by_task.setdefault(str(result.get("task_id")), []).append(result)
+    task_ids = tasks + sorted(set(by_task) - set(tasks))
+    rows = [_task_results(task_id, by_task.get(task_id, []), seeds) for task_id in task_ids]
+    return ModelResults(model=label, server=entry["server"], guided=entry["guided"], problem=entry["problem"],
+                        error=None if error is None else str(error),
+                        evaluated=inside and _is_file(root, files.summary(label)), episodes=len(results),
+                        planned_episodes=len(tasks) * len(seeds) if planned else None, tasks=rows)
+
+
+def _results(root: StorePath, files: EvalRunFiles, label: str) -> list[dict]:
+    """The model's `EvalResult` records: results.jsonl once the model finished (one read), else every result file
+    written so far (one per task and seed)."""
+    jsonl = files.results(label)
+    if _is_file(root, jsonl):
+        try:
+            lines = jsonl.read_text(encoding="utf-8").splitlines()
+            return [r for r in (json.loads(line) for line in lines if line.strip()) if isinstance(r, dict)]
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", jsonl, exc)
+    folder = files.model_dir(label) / "results"
+    if not (folder.is_dir() and _inside(root, folder)):
+        return []
+    found = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if _RESULT_FILE.fullmatch(path.name) and _is_name(path.name) and _inside(root, path):
+            result = _read(path)
+            if isinstance(result, dict):
+                found.append(result)
+    return found
+
+
+def _task_results(task_id: str, results: list[dict], planned_seeds: list[int]) -> TaskResults:
+    results = sorted((r for r in results if isinstance(r.get("seed"), int)), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in results]
+    recalls = [r["recall"] for r in results if isinstance(r.get("recall"), int | float)]
+    tested = [bool(r["tests_passed"]) for r in results if r.get("tests_passed") is not None]
+    return TaskResults(task_id=task_id, seeds=seeds, missing_seeds=[s for s in planned_seeds if s not in seeds],
+                       resolved=sum(1 for r in results if r.get("resolved") is True),
+                       mean_recall=sum(recalls) / len(recalls) if recalls else None,
+                       tests_passed=sum(tested) if tested else None,
+                       exit_statuses=[str(r.get("exit_status")) for r in results])
+
+
+def _modified_evaluation(files: EvalRunFiles) -> datetime:
+    """The newest of the run's folder, plan and report (on object storage, which has no folders: plan and report)."""
+    candidates = (files.dir, files.plan, files.report) if is_local(files.dir) else (files.plan, files.report)
+    times = [_mtime(p) for p in candidates if p.exists()]
+    return datetime.fromtimestamp(max(times, default=0.0), tz=UTC)
+
+
+def _latest_evaluation(repo: RepoStore) -> str | None:
+    pointer = _read(repo.latest_evaluation)
+    if not isinstance(pointer, dict) or not pointer.get("run_id"):
+        return None
+    try:
+        return safe_name(str(pointer["run_id"]))
+    except ValueError:
+        return None
 
 
 def _read(path: StorePath) -> Any:

@@ -11,12 +11,13 @@ from fastapi.testclient import TestClient
 
 from sera_ops import pipeline, verify
 from sera_ops.pipeline.context import BatchFailed, RunContext, RunParams
-from sera_ops.settings import PLATFORM_CONFIG_ENV, EvalSettings, load_platform, load_repos
+from sera_ops.settings import EvalSettings, load_platform, load_repos
 from sera_ops.store import views
 from sera_ops.store.layout import PLOTS
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
 from tests.support import ROOT
+from tests.support.viewer import logged_in_client
 
 REPO = "tinyledger"
 DONE_RUN = "manual__2026-01-01T00:00:00+00:00"  # assembled and published
@@ -63,12 +64,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def client(store, monkeypatch):
-    """The app as a logged-in user sees it (Airflow's login itself is tested on its own below)."""
-    import sera_viewer
-
-    monkeypatch.setenv(PLATFORM_CONFIG_ENV, str(store.parent / "platform.yaml"))
-    monkeypatch.setitem(sera_viewer.app.dependency_overrides, sera_viewer.airflow_login, lambda: None)
-    return TestClient(sera_viewer.app)
+    return logged_in_client(store.parent / "platform.yaml", monkeypatch)
 
 
 def done_instance(store: Path, instance_id: str) -> dict[str, dict]:

@@ -15,7 +15,7 @@ from sera_ops.build.images import ImageRef
 from sera_ops.pipeline.context import RunContext, RunParams
 from sera_ops.rollouts import sandbox
 from sera_ops.rollouts.episode import Confinement, EpisodeSpec, EpisodeTeacher, run_episode
-from sera_ops.settings import ModelServer, SandboxLimits, load_platform, load_repos
+from sera_ops.settings import EvalSettings, ModelServer, SandboxLimits, load_platform, load_repos
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.hostile_teacher import DEFAULT_ATTACKS, REACHED, HostileTeacher
 from sera_ops.testing.scripted_teacher import ScriptedTeacher, ScriptedTeacherConfig
@@ -37,7 +37,7 @@ def make_context(tmp_path: Path, teacher: ScriptedTeacher, kind: str, **platform
                                      overrides={"images": {"sandbox": kind, **platform_overrides},
                                                 "registry": {"push": False}})
     platform = load_platform(platform_file)
-    spec = load_repos(platform)[0][0]
+    spec = load_repos(platform)[0][0].model_copy(update={"eval": EvalSettings()})  # counts of training ones
     rollout = spec.rollout.model_copy(update={"command_timeout_s": 3, "time_limit_s": 60, "max_attempts": 1,
                                               "step_limit": 12})
     ctx = RunContext.create(platform, spec.model_copy(update={"sandbox": LIMITS, "rollout": rollout}), "confine-1",

@@ -14,7 +14,7 @@ from upath import UPath
 from sera_ops import pipeline
 from sera_ops.pipeline.context import RunContext, RunParams
 from sera_ops.rollouts.spend import SpendLedger
-from sera_ops.settings import load_platform, load_repos
+from sera_ops.settings import EvalSettings, load_platform, load_repos
 from sera_ops.store import views
 from sera_ops.store.io import STORAGE_OPTIONS_ENV, atomic_write_json, claim, read_json, replacing
 from sera_ops.store.layout import RepoStore, safe_name
@@ -79,7 +79,7 @@ def _context(tmp_path, teacher_url: str, prefix: str, run_id: str, **platform_ov
                                      overrides={"images": {"sandbox": "local"},
                                                 "local_cache_dir": str(tmp_path / "cache"), **platform_overrides})
     platform = load_platform(platform_file)
-    spec = load_repos(platform)[0][0]
+    spec = load_repos(platform)[0][0].model_copy(update={"eval": EvalSettings()})  # counts of training ones
     root = None
     if platform.storage_conn_id:
         from sera_airflow import storage_root
