@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -470,3 +471,33 @@ def test_the_report_and_the_cards_show_the_evaluation(gen, teacher_eval):
            gen.card.split(EVALUATION_START, 1)[0]  # the rest of the dataset card is kept
     assert teacher_eval.latest["run_id"] == "eval-teacher"
     assert teacher_eval.latest["report"] == store_url(files.report)
+
+
+def test_the_repository_tests_run_with_the_patch_applied(gen, tmp_path):
+    """`eval.test_cmd`: the tests run in a fresh sandbox of the task's image with the model's patch applied; a patch
+    that breaks them, or one that does not apply, does not pass."""
+    from sera_ops.evaluate.harness import EvalSetup, tests_pass
+
+    task = gen.tasks[0]
+    image, test_cmd = ImageRef.from_dict(task.image), "python3 -m unittest discover -s tests -q"
+    setup = EvalSetup(rollout=gen.ctx.spec.rollout, seeds=[0], threshold=1.0)
+    work = tmp_path / "work"
+    shutil.copytree(image.workdir, work, symlinks=True)
+    target = next(work.glob("tinyledger/money.py"))
+    target.write_text(target.read_text().replace("def parse_amount(", "def parse_amount(*_):\n    raise SystemExit(3)\n"
+                                                 "\n\ndef _parse_amount_was(", 1))
+    broken = subprocess.run(["git", "diff"], cwd=work, capture_output=True, text=True, check=True).stdout
+    assert broken.startswith("diff --git")
+
+    def passes(patch: str) -> bool:
+        return tests_pass(image, patch, test_cmd, setup, True, name=f"{task.task_id}-tests")
+
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=work, check=True)
+    readme = work / "README.md"
+    readme.write_text(readme.read_text() + "\nA harmless line.\n")
+    harmless = subprocess.run(["git", "diff"], cwd=work, capture_output=True, text=True, check=True).stdout
+    stale = harmless.replace("\n ", "\n stale context ", 1)  # the same change against a README it does not fit
+
+    assert passes("") and passes(harmless)
+    assert not passes(broken)
+    assert not passes(stale)
