@@ -220,10 +220,10 @@ class EvalSettings(StrictModel):
     @model_validator(mode="after")
     def _one_way_to_hold_out(self) -> EvalSettings:
         if self.fraction and self.count:
-            raise FieldProblem("count", "give either fraction or count of held-out start functions, not both")
+            raise FieldProblem("eval.count", "give either fraction or count of held-out start functions, not both")
         for index, commit in enumerate(self.commits):
             if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
-                raise FieldProblem(f"commits.{index}", f"'{commit}' is not a commit hash (7 to 40 hex digits)")
+                raise FieldProblem(f"eval.commits.{index}", f"'{commit}' is not a commit hash (7 to 40 hex digits)")
         return self
 
     @property
