@@ -12,7 +12,7 @@ import yaml
 from sera_ops import pipeline
 from sera_ops.pipeline.context import InvalidParam, RunContext, RunParams
 from sera_ops.rollouts.teacher import TeacherUnreachable
-from sera_ops.settings import ConfigError, load_platform, load_repo, load_repos
+from sera_ops.settings import ConfigError, EvalSettings, load_platform, load_repo, load_repos
 from sera_ops.store.layout import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher
@@ -40,7 +40,7 @@ def platform_with_two_servers(tmp_path: Path, first_url: str, second_url: str, r
 def two_server_context(tmp_path: Path, first_url: str, second_url: str, instances: int = 12) -> RunContext:
     platform = load_platform(platform_with_two_servers(tmp_path, first_url, second_url))
     spec = load_repos(platform)[0][0]
-    spec = spec.model_copy(update={"model_servers": SERVERS,
+    spec = spec.model_copy(update={"model_servers": SERVERS, "eval": EvalSettings(),  # every instance trains
                                    "batching": spec.batching.model_copy(update={"batch_size": 2})})
     return RunContext.create(platform, spec, "run-1", RunParams(max_functions=instances))
 
