@@ -43,7 +43,8 @@ def _cell(value: float | None, percent: bool = True) -> str:
 
 
 def report_table(report: dict) -> str:
-    """The Markdown table: one row per model (failed ones say why), resolved as mean ± std over seeds."""
+    """The Markdown table: one row per model (failed and not evaluated ones say why), resolved as mean ± std over
+    seeds."""
     rows = ["| model | served as | tasks | resolved (mean ± std) | mean recall | tests pass | tokens / task | "
             "cost / task |", "|---|---|---|---|---|---|---|---|"]
     for summary in report["models"]:
@@ -53,7 +54,8 @@ def report_table(report: dict) -> str:
                     f"{_cell(summary['tests_pass_rate'])} | {summary['tokens_per_task']:g} | "
                     f"${summary['cost_per_task_usd']:.4f} |")
     for failure in report["failed"]:
-        rows.append(f"| {failure['model']} | `{failure.get('server') or '—'}` | — | failed: "
+        outcome = "not evaluated" if failure.get("skipped") else "failed"
+        rows.append(f"| {failure['model']} | `{failure.get('server') or '—'}` | — | {outcome}: "
                     f"{failure['error'].splitlines()[0][:160]} | — | — | — | — |")
     seeds, threshold = report["seeds"], report["threshold"]
     return ("\n".join(rows) + f"\n\n{report['tasks']} held-out tasks of `{report['repo']}`, {seeds} seed"

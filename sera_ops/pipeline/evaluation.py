@@ -86,8 +86,10 @@ class EvalContext:
 
 
 def plan(ctx: EvalContext) -> list[str]:
-    """The models of this evaluation run (labels), written once to plan.json with their servers. Fails when the
-    repository has no evaluation task or a param names something that is not configured."""
+    """The models of this evaluation run (labels), written once to plan.json with their servers. A configured model
+    (`eval.models`) that no server serves is left out and reported as not evaluated, so that a scheduled evaluation
+    of a repository without a student server still scores the others; asked for by the `models` param, it fails.
+    Fails when the repository has no evaluation task or a param names something that is not configured."""
     existing = ctx.run.store.read_json(ctx.files.plan)
     if existing:
         return [entry["label"] for entry in existing["models"]]
@@ -102,13 +104,20 @@ def plan(ctx: EvalContext) -> list[str]:
     model_dir = ctx.model_dir()
     labels = ctx.params.models or ([] if ctx.params.model_servers else spec.eval.models)
     entries = [_entry(ctx, label) for label in labels]
+    skipped = []
+    if not ctx.params.models:  # configured, not asked for: a model nobody serves is reported, not failed
+        skipped = [{"model": e["label"], "server": None, "error": e["problem"], "skipped": True}
+                   for e in entries if e["problem"]]
+        entries = [e for e in entries if not e["problem"]]
+        for entry in skipped:
+            log.warning("repo %s: %s is not evaluated: %s", spec.name, entry["model"], entry["error"])
     for name in ctx.params.model_servers:
         _server(ctx, "model_servers", name)
         entries.append({"label": name, "server": name, "guided": False, "problem": None})
     ctx.run.store.write_json(ctx.files.plan, {
         "repo": spec.name, "run_id": ctx.run.store.run_id, "tasks": [task.task_id for task in tasks],
         "seeds": ctx.seeds, "threshold": ctx.run.threshold, "model_dir": model_dir and store_url(model_dir),
-        "models": entries, "planned_at": time.time()})
+        "models": entries, "skipped": skipped, "planned_at": time.time()})
     _write_guides(ctx, tasks)
     return [entry["label"] for entry in entries]
 
@@ -200,6 +209,7 @@ def report(ctx: EvalContext) -> dict:
         else:
             failures.append(error or {"model": label, "server": entry["server"],
                                       "error": "not evaluated (its task did not finish)"})
+    failures += recorded.get("skipped", [])
     header = ReportHeader(repo=ctx.run.spec.name, run_id=ctx.run.store.run_id, model_dir=recorded["model_dir"],
                           tasks=len(recorded["tasks"]), seeds=len(recorded["seeds"]), threshold=recorded["threshold"])
     result = write_report(ctx.files, header, summaries, failures)

@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from sera_ops.store.layout import RunStore
 from sera_ops.testing.dry_run import dry_run_platform
 from sera_ops.testing.scripted_teacher import ScriptedTeacher
 from tests.support import ROOT, docker_engine_reachable
@@ -67,7 +68,10 @@ def test_trigger_wait_train_and_clear(live: LiveStack):
                  "the cleared tasks to run again")
     log = api.task_instance(run_id, "per_batch.rollouts", 0)
     assert log["state"] == "success" and log["try_number"] == 2 and log["pool"] == "sera_model_scripted"
-    assert "'rollout1': {'already_done': 3, 'ran': 0," in live.log(run_id, "per_batch.rollouts", 0, 2)
+    run_files = RunStore(work / "store", "tinyledger", run_id)
+    first_batch = next(iter(run_files.read_json(run_files.batches).values()))["instances"]
+    done_before = len(first_batch)  # the 3 training instances and the held-out one (the sample's eval:)
+    assert f"'rollout1': {{'already_done': {done_before}, 'ran': 0," in live.log(run_id, "per_batch.rollouts", 0, 2)
     assert json.loads((dataset / "stats.json").read_text())["records"] == stats["records"]
 
     with urllib.request.urlopen(f"{api.base}/sera/tinyledger/{dataset.parent.name}", timeout=30) as response:

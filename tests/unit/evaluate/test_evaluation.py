@@ -501,3 +501,17 @@ def test_the_repository_tests_run_with_the_patch_applied(gen, tmp_path):
     assert passes("") and passes(harmless)
     assert not passes(broken)
     assert not passes(stale)
+
+
+def test_configured_models_without_a_server_are_reported_not_evaluated(gen):
+    """A scheduled evaluation (no params) of a repository with no student or base server scores the teacher and
+    says, in the table, why the others are missing; the run does not fail for it."""
+    ectx = gen.eval_context("eval-configured", EvalParams(seeds=1))
+    assert plan(ectx) == ["teacher"]
+    result = evaluate_all(ectx)
+    assert [row["model"] for row in result["models"]] == ["teacher"]
+    skipped = {failure["model"]: failure for failure in result["failed"]}
+    assert set(skipped) == {"base", "base+guide", "student"} and all(f["skipped"] for f in skipped.values())
+    assert "eval.student_server" in skipped["student"]["error"]
+    table = ectx.files.report_text.read_text()
+    assert "| student | `—` | — | not evaluated: no model server serves the student model" in table
