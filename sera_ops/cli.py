@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     platform, spec = found
-    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
+    run_id = _run_id(args)
     params = RunParams(commits=args.commit or [], max_functions=args.max_functions, model_server=args.model_server,
                        threshold=args.threshold)
     stats = run_all(RunContext.create(platform, spec, run_id, params))
@@ -102,7 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     platform, spec = found
-    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
+    run_id = _run_id(args)
     params = EvalParams(models=args.models or [], model_servers=args.model_server or [],
                         student_server=args.student_server, base_server=args.base_server,
                         teacher_server=args.teacher_server, model_dir=args.model_dir, seeds=args.seeds)
@@ -129,6 +129,10 @@ def _export_tasks(args: argparse.Namespace) -> int:
     export(tasks, args.out, threshold=spec.verify.threshold)
     print(f"{len(tasks)} tasks exported for {args.format} to {args.out}")
     return 0
+
+
+def _run_id(args: argparse.Namespace) -> str:
+    return args.run_id or f"cli__{datetime.now(UTC):%Y-%m-%dT%H-%M-%S}"
 
 
 def _configured_repo(args: argparse.Namespace) -> tuple[PlatformConfig, RepoSpec] | int:

@@ -18,6 +18,7 @@ from sera_ops.settings import PostprocessOptions
 from sera_ops.testing.model_server import LocalModelServer, parse_hermes_tool_calls, render_prompt
 from sera_ops.train.records import IM_END, chatml_text
 from sera_ops.train.tiny_model import build_tiny_model
+from tests.support.offline import offline  # noqa: F401  (autouse: no model hub)
 
 TASK = "<pr_description>\nscale() rounds too early.\n</pr_description>"
 FIRST = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": TASK}]
@@ -51,14 +52,6 @@ def _api_messages(trajectory: list[dict]) -> list[dict]:
     """What `AgentModel.query` sends for that history: the messages without their trajectory-only keys."""
     return [{key: value for key, value in message.items() if key not in ("extra", "reasoning_content")}
             for message in trajectory]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

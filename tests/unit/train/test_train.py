@@ -20,6 +20,7 @@ from sera_ops.train.run import _prepare_checkpoint_dir, checkpoint_dir_for, last
 from sera_ops.train.tiny_model import build_tiny_model
 from sera_ops.train.trainer import build_trainer
 from tests.support import ROOT
+from tests.support.offline import offline  # noqa: F401  (autouse: no model hub)
 
 SYSTEM = "You are a software engineering agent. Call tools inside <tool_call></tool_call> tags."
 
@@ -61,14 +62,6 @@ def _offline_env() -> dict[str, str]:
     runs the venv's python without activating the venv."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": path}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")
