@@ -515,3 +515,32 @@ def test_configured_models_without_a_server_are_reported_not_evaluated(gen):
     assert "eval.student_server" in skipped["student"]["error"]
     table = ectx.files.report_text.read_text()
     assert "| student | `—` | — | not evaluated: no model server serves the student model" in table
+
+
+def test_a_hostile_model_is_evaluated_confined_and_sees_no_secret(gen, tmp_path, monkeypatch):
+    """The model under evaluation is untrusted like a teacher: its commands run confined (bubblewrap here), change
+    nothing on the host, never see its API key, and its evaluation ends with results, not a broken run."""
+    from sera_ops.testing.hostile_teacher import HostileTeacher
+
+    require("bubblewrap")
+    key = "sk-hostile-eval-5c1e0b"
+    monkeypatch.setenv("SERA_TEST_HOSTILE_KEY", key)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(key)
+    (outside / "sentinel.txt").write_text("untouched")
+    config = ScriptedTeacherConfig(model="hostile-model", api_key=key)
+    with HostileTeacher(config, outside=[str(outside / "sentinel.txt")], reads=[str(outside / "secret.txt")],
+                        attacks=("environ", "read_outside", "write_outside", "network", "linger")) as hostile:
+        servers = {"hostile": {"base_url": hostile.url, "model": "hostile-model", "max_retries": 0,
+                               "api_key": {"env": "SERA_TEST_HOSTILE_KEY"}}}
+        ectx = gen.eval_context("eval-hostile", EvalParams(model_servers=["hostile"], seeds=1), servers=servers)
+        result = evaluate_all(ectx)
+        observations = "\n".join(hostile.observations)
+
+    assert [row["model"] for row in result["models"]] == ["hostile"] and not result["failed"], result["failed"]
+    assert (outside / "sentinel.txt").read_text() == "untouched" and sorted(outside.iterdir()) == [
+        outside / "secret.txt", outside / "sentinel.txt"]
+    assert key not in observations and "blocked 127.0.0.1" in observations
+    written = [path for path in Path(ectx.files.report).parent.rglob("*") if path.is_file()]
+    assert written and not [path for path in written if key.encode() in path.read_bytes()]
